@@ -1,0 +1,1 @@
+//! Meridian's dedicated game servers (in progress).

@@ -1,0 +1,1 @@
+//! Meridian's region mesh: SWIM membership over QUIC (in progress).

@@ -1,0 +1,358 @@
+//! Node configuration: a TOML file, overridden by `MERIDIAN_*` environment
+//! variables, overridden by command-line flags. Unknown keys anywhere are an
+//! error naming the key (serde `deny_unknown_fields`).
+//!
+//! Environment mapping: `MERIDIAN_HTTP_ADDR` → `http_addr`,
+//! `MERIDIAN_AUTH__ACCESS_TOKEN_TTL_S` → `auth.access_token_ttl_s` (double
+//! underscore descends into a table). `MERIDIAN_RATE_LIMITS=off` is the
+//! documented switch for `rate_limits.enabled = false`. `MERIDIAN_LOG` (the
+//! tracing filter) is not a config key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Region name; its file under `regions_dir` gives the default addresses.
+    pub region: String,
+    /// This node's name in the mesh (defaults to the region name).
+    pub node_name: Option<String>,
+    pub data_dir: PathBuf,
+    pub regions_dir: PathBuf,
+    pub http_addr: Option<SocketAddr>,
+    pub game_addr: Option<SocketAddr>,
+    pub beacon_addr: Option<SocketAddr>,
+    pub mesh_addr: Option<SocketAddr>,
+    /// Bearer token for the admin role. Unset: admin endpoints answer 403.
+    pub admin_token: Option<String>,
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    pub log_format: String,
+    pub auth: AuthConfig,
+    pub rate_limits: RateLimitConfig,
+    pub limits: LimitsConfig,
+    pub telemetry: TelemetryConfig,
+    pub profiles: ProfileConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            region: "eu-west".into(),
+            node_name: None,
+            data_dir: PathBuf::from("data"),
+            regions_dir: PathBuf::from("regions"),
+            http_addr: None,
+            game_addr: None,
+            beacon_addr: None,
+            mesh_addr: None,
+            admin_token: None,
+            log_format: "auto".into(),
+            auth: AuthConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            limits: LimitsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            profiles: ProfileConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub access_token_ttl_s: u64,
+    pub refresh_token_ttl_s: u64,
+    /// Static bearer tokens for external dedicated game servers (role `server`).
+    pub server_tokens: Vec<String>,
+    /// Password hashes computed at once (argon2id is memory-hard: 19 MiB each).
+    pub password_hash_concurrency: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_ttl_s: 15 * 60,
+            refresh_token_ttl_s: 30 * 24 * 3600,
+            server_tokens: Vec::new(),
+            password_hash_concurrency: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Auth requests per client IP per minute (token bucket, burst = rate).
+    pub auth_per_ip_per_min: u32,
+    /// Auth attempts per account (username, email or device) per minute.
+    pub auth_per_account_per_min: u32,
+    /// Other requests per player per minute.
+    pub player_per_min: u32,
+    /// Buckets tracked at once; the fullest are evicted beyond it.
+    pub tracked_keys_max: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auth_per_ip_per_min: 120,
+            auth_per_account_per_min: 10,
+            player_per_min: 1200,
+            tracked_keys_max: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted request body; larger gets 413.
+    pub http_body_max_bytes: usize,
+    /// Requests in flight at once; more wait.
+    pub http_concurrency_max: usize,
+    /// A request that takes longer gets 408.
+    pub http_request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_drain_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            http_body_max_bytes: 1024 * 1024,
+            http_concurrency_max: 4096,
+            http_request_timeout_ms: 10_000,
+            shutdown_drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    pub retention_hours: u64,
+    pub batch_events_max: usize,
+    pub event_payload_max_bytes: usize,
+    pub query_limit_max: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            retention_hours: 7 * 24,
+            batch_events_max: 500,
+            event_payload_max_bytes: 8 * 1024,
+            query_limit_max: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    pub display_name_max_chars: usize,
+    pub avatar_max_bytes: usize,
+    pub settings_max_bytes: usize,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        Self {
+            display_name_max_chars: 32,
+            avatar_max_bytes: 512,
+            settings_max_bytes: 4096,
+        }
+    }
+}
+
+/// Flags that override file and environment (from `meridian up`).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub region: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: Option<SocketAddr>,
+    pub log_format: Option<String>,
+}
+
+/// Environment variables that start with `MERIDIAN_` but are not config keys.
+const ENV_NOT_CONFIG: &[&str] = &["MERIDIAN_LOG", "MERIDIAN_RATE_LIMITS", "MERIDIAN_BIN"];
+
+/// Load: file (optional) → environment → flags.
+pub fn load(
+    file: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &Overrides,
+) -> anyhow::Result<Config> {
+    let mut root = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+            text.parse::<toml::Table>()
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    for (key, value) in env {
+        let Some(rest) = key.strip_prefix("MERIDIAN_") else {
+            continue;
+        };
+        if value.is_empty() {
+            continue; // an empty variable counts as unset
+        }
+        if key == "MERIDIAN_RATE_LIMITS" {
+            let enabled = !matches!(value.as_str(), "off" | "false" | "0");
+            table_at(&mut root, &["rate_limits"])
+                .insert("enabled".into(), toml::Value::Boolean(enabled));
+            continue;
+        }
+        if ENV_NOT_CONFIG.contains(&key.as_str()) {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let (last, parents) = path.split_last().expect("split yields one part");
+        let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
+        table_at(&mut root, &parents).insert(last.clone(), env_value(&value));
+    }
+    let mut cfg: Config = toml::Value::Table(root)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("config: {}", e.message()))?;
+    if let Some(r) = &flags.region {
+        cfg.region = r.clone();
+    }
+    if let Some(d) = &flags.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(a) = flags.http_addr {
+        cfg.http_addr = Some(a);
+    }
+    if let Some(f) = &flags.log_format {
+        cfg.log_format = f.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn table_at<'a>(root: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
+    let mut t = root;
+    for part in path {
+        let entry = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("just made a table");
+    }
+    t
+}
+
+/// Environment values are typed like TOML scalars when they parse as one.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if raw.starts_with('[') {
+        if let Ok(t) = format!("v = {raw}").parse::<toml::Table>() {
+            if let Some(v) = t.get("v") {
+                return v.clone();
+            }
+        }
+    }
+    toml::Value::String(raw.to_string())
+}
+
+impl Config {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !matches!(self.log_format.as_str(), "auto" | "text" | "json") {
+            anyhow::bail!("config: log_format must be auto, text or json");
+        }
+        if self.auth.access_token_ttl_s == 0 || self.auth.access_token_ttl_s > 24 * 3600 {
+            anyhow::bail!("config: auth.access_token_ttl_s must be 1..=86400");
+        }
+        if self.auth.password_hash_concurrency == 0 {
+            anyhow::bail!("config: auth.password_hash_concurrency must be at least 1");
+        }
+        if self.limits.http_body_max_bytes < 1024 {
+            anyhow::bail!("config: limits.http_body_max_bytes must be at least 1024");
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                anyhow::bail!("config: admin_token must be at least 16 characters");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| self.region.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let c = load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.auth.access_token_ttl_s, 900);
+        assert!(c.rate_limits.enabled);
+    }
+
+    #[test]
+    fn env_overrides_and_nested_keys() {
+        let c = load(
+            None,
+            env(&[
+                ("MERIDIAN_HTTP_ADDR", "127.0.0.1:9000"),
+                ("MERIDIAN_AUTH__ACCESS_TOKEN_TTL_S", "60"),
+                ("MERIDIAN_RATE_LIMITS", "off"),
+                ("MERIDIAN_LOG", "debug"),
+                ("OTHER", "x"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.http_addr.unwrap().port(), 9000);
+        assert_eq!(c.auth.access_token_ttl_s, 60);
+        assert!(!c.rate_limits.enabled);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.toml");
+        std::fs::write(&p, "region = \"x\"\n[auth]\nacces_token_ttl_s = 5\n").unwrap();
+        let err = load(Some(&p), env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("acces_token_ttl_s"), "{err}");
+        let err = load(None, env(&[("MERIDIAN_BOGUS", "1")]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_env() {
+        let flags = Overrides {
+            region: Some("us-east".into()),
+            ..Default::default()
+        };
+        let c = load(None, env(&[("MERIDIAN_REGION", "ap-south")]), &flags).unwrap();
+        assert_eq!(c.region, "us-east");
+    }
+}

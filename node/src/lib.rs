@@ -1,0 +1,15 @@
+//! The Meridian region node: configuration, the HTTP API and the domain
+//! services behind it (accounts, profiles, telemetry). The `meridian` binary
+//! (`main.rs`) is a thin CLI over [`node::run`].
+//!
+//! Not for: storage engines, CRDTs and Raft (`meridian-replication`), the
+//! mesh (`meridian-mesh`) or game servers (`meridian-dgs`).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod profiles;
+pub mod regions;
+pub mod telemetry;

@@ -1,0 +1,173 @@
+//! Test harness: start the real `meridian` binary on free loopback ports with
+//! its own data dir, and talk to it over HTTP.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const SERVER_TOKEN: &str = "test-server-token-0123456789";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub struct Node {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub envs: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// Start a node with rate limits off (most tests) and extra env vars.
+    pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Node {
+        let mut envs = vec![
+            ("MERIDIAN_RATE_LIMITS".to_string(), "off".to_string()),
+            ("MERIDIAN_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
+            ("MERIDIAN_AUTH__SERVER_TOKENS".to_string(), format!("[\"{SERVER_TOKEN}\"]")),
+            ("MERIDIAN_REGIONS_DIR".to_string(), repo_root().join("regions").display().to_string()),
+        ];
+        for (k, v) in extra_env {
+            envs.retain(|(ek, _)| ek != k);
+            envs.push((k.to_string(), v.to_string()));
+        }
+        let mut n = Node {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            data_dir: data_dir.to_path_buf(),
+            envs,
+            log: data_dir.join("node.log"),
+        };
+        n.spawn();
+        n
+    }
+
+    pub fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian"));
+        cmd.args(["up", "--region", "eu-west", "--log-format", "json", "--http"])
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env_remove("MERIDIAN_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn meridian"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("meridian exited early ({status}); log:\n{}", self.log_tail());
+            }
+            if let Ok(resp) = probe::blocking_get(&format!("{}/readyz", self.url())) {
+                if resp == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("meridian did not become ready; log:\n{}", self.log_tail());
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        panic!("meridian did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Minimal blocking probe without a runtime (used while waiting for start-up).
+mod probe {
+    use std::io::{Read, Write};
+    pub fn blocking_get(url: &str) -> std::io::Result<u16> {
+        let rest = url.trim_start_matches("http://");
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut s = std::net::TcpStream::connect(host)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        Ok(buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Send a request and return (status, headers, JSON body or Null).
+pub async fn call(
+    req: reqwest::RequestBuilder,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
+
+/// Register a user and return the response body.
+pub async fn register(base: &str, username: &str, password: &str) -> serde_json::Value {
+    let (s, _, b) = call(client().post(format!("{base}/auth/register")).json(&serde_json::json!({
+        "username": username, "password": password
+    })))
+    .await;
+    assert_eq!(s, 201, "register {username}: {b}");
+    b
+}
+
+/// Assert the API's JSON error shape and return its code.
+pub fn error_code(body: &serde_json::Value) -> String {
+    let e = &body["error"];
+    assert!(e["message"].is_string(), "no error message in {body}");
+    assert!(e["request_id"].as_str().is_some_and(|r| !r.is_empty()), "no request id in {body}");
+    e["code"].as_str().expect("error code").to_string()
+}
