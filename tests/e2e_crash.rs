@@ -50,7 +50,9 @@ async fn kill9_during_registrations_loses_no_acknowledged_account() {
         // Let acknowledgements accumulate, then kill at a varying point.
         let before = acked.lock().unwrap().len();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while acked.lock().unwrap().len() < before + 20 + cycle * 7 && std::time::Instant::now() < deadline {
+        while acked.lock().unwrap().len() < before + 20 + cycle * 7
+            && std::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(13 * cycle as u64)).await;
@@ -63,22 +65,38 @@ async fn kill9_during_registrations_loses_no_acknowledged_account() {
     }
 
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 60, "too few acknowledged registrations: {}", acked.len());
+    assert!(
+        acked.len() >= 60,
+        "too few acknowledged registrations: {}",
+        acked.len()
+    );
     let base = node.url();
     let c = client();
     // Every acknowledged account exists with the acknowledged id.
     let viewer = register(&base, "viewer_99", "viewer password").await;
     let token = viewer["access_token"].as_str().unwrap().to_string();
     for (name, id) in &acked {
-        let (s, _, b) = call(c.get(format!("{base}/player/{id}/profile")).header("authorization", format!("Bearer {token}"))).await;
+        let (s, _, b) = call(
+            c.get(format!("{base}/player/{id}/profile"))
+                .header("authorization", format!("Bearer {token}")),
+        )
+        .await;
         assert_eq!(s, 200, "acknowledged {name} lost after kill -9: {b}");
         assert_eq!(b["username"], name.as_str());
     }
     // And a sample can log in (password hash intact).
     for (name, id) in acked.iter().step_by(acked.len() / 5 + 1) {
-        let (s, _, b) = call(c.post(format!("{base}/auth/login")).json(&json!({"username": name, "password": "crash test password"}))).await;
+        let (s, _, b) = call(
+            c.post(format!("{base}/auth/login"))
+                .json(&json!({"username": name, "password": "crash test password"})),
+        )
+        .await;
         assert_eq!(s, 200, "{name}: {b}");
         assert_eq!(b["player_id"], id.as_str());
     }
-    eprintln!("acknowledged {} of {} attempted registrations across {CYCLES} kill -9 cycles", acked.len(), attempted);
+    eprintln!(
+        "acknowledged {} of {} attempted registrations across {CYCLES} kill -9 cycles",
+        acked.len(),
+        attempted
+    );
 }

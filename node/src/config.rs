@@ -290,7 +290,9 @@ impl Config {
     }
 
     pub fn node_name(&self) -> String {
-        self.node_name.clone().unwrap_or_else(|| self.region.clone())
+        self.node_name
+            .clone()
+            .unwrap_or_else(|| self.region.clone())
     }
 }
 

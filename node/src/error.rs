@@ -115,7 +115,9 @@ impl From<meridian_replication::StoreError> for ApiError {
 pub fn default_for_status(status: StatusCode) -> ErrorInfo {
     let (code, message) = match status {
         StatusCode::NOT_FOUND => ("not_found", "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "method not allowed on this route")
+        }
         StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "request body exceeds the limit"),
         StatusCode::REQUEST_TIMEOUT => ("request_timeout", "request took too long"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => (

@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Meridian multiplayer game backend: one region node")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Meridian multiplayer game backend: one region node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,8 +56,19 @@ fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
-        Command::Up { config, data_dir, region, http, log_format } => {
-            let flags = meridian::config::Overrides { region, data_dir, http_addr: http, log_format };
+        Command::Up {
+            config,
+            data_dir,
+            region,
+            http,
+            log_format,
+        } => {
+            let flags = meridian::config::Overrides {
+                region,
+                data_dir,
+                http_addr: http,
+                log_format,
+            };
             let cfg = match meridian::config::load(config.as_deref(), std::env::vars(), &flags) {
                 Ok(c) => c,
                 Err(e) => {
@@ -62,7 +77,10 @@ fn main() -> std::process::ExitCode {
                 }
             };
             meridian::node::init_logging(&cfg.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("meridian: cannot start runtime: {e}");
@@ -78,20 +96,24 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Command::Regions { command: RegionsCommand::Check { dir } } => {
-            match meridian::regions::check_catalog(&dir) {
-                Ok(regions) => {
-                    println!("{}: {} regions OK: {}", dir.display(), regions.len(),
-                        regions.keys().cloned().collect::<Vec<_>>().join(", "));
-                    std::process::ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    for e in errors {
-                        eprintln!("error: {e}");
-                    }
-                    std::process::ExitCode::FAILURE
-                }
+        Command::Regions {
+            command: RegionsCommand::Check { dir },
+        } => match meridian::regions::check_catalog(&dir) {
+            Ok(regions) => {
+                println!(
+                    "{}: {} regions OK: {}",
+                    dir.display(),
+                    regions.len(),
+                    regions.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+                std::process::ExitCode::SUCCESS
             }
-        }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }

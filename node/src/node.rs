@@ -32,7 +32,9 @@ pub fn init_logging(format: &str) {
         "text" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().flatten_event(true).try_init();
     } else {
@@ -65,16 +67,30 @@ pub fn resolve_region(cfg: &Config) -> anyhow::Result<(Region, BTreeMap<String, 
         location: regions::Location { lat: 0.0, lon: 0.0 },
         bind_host: [127, 0, 0, 1].into(),
         public_host: "127.0.0.1".into(),
-        ports: regions::Ports { http: 7700, game: 7777, beacon: 7778, mesh: 7946 },
-        capacity: regions::Capacity { max_players: 10_000, max_matches: 500 },
-        cloud: regions::Cloud { provider: "local".into(), region: "local".into(), instance_type: "-".into() },
+        ports: regions::Ports {
+            http: 7700,
+            game: 7777,
+            beacon: 7778,
+            mesh: 7946,
+        },
+        capacity: regions::Capacity {
+            max_players: 10_000,
+            max_matches: 500,
+        },
+        cloud: regions::Cloud {
+            provider: "local".into(),
+            region: "local".into(),
+            instance_type: "-".into(),
+        },
     };
     let catalog = BTreeMap::from([(region.name.clone(), region.clone())]);
     Ok((region, catalog))
 }
 
 fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&buckets)?
         .install_recorder()
@@ -101,7 +117,9 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     let telemetry = Telemetry::new(storage.clone(), cfg.telemetry.clone());
     let limiter = RateLimiter::new(cfg.rate_limits.enabled, cfg.rate_limits.tracked_keys_max);
     if !cfg.rate_limits.enabled {
-        tracing::warn!("rate limits are OFF (MERIDIAN_RATE_LIMITS=off): for load tests on loopback only");
+        tracing::warn!(
+            "rate limits are OFF (MERIDIAN_RATE_LIMITS=off): for load tests on loopback only"
+        );
     }
     if cfg.admin_token.is_none() {
         tracing::info!("no admin token configured: admin endpoints answer 403");
@@ -138,7 +156,10 @@ async fn shutdown_signal() {
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let state = build_state(cfg).await?;
-    let http_addr = state.cfg.http_addr.unwrap_or_else(|| state.region.http_addr());
+    let http_addr = state
+        .cfg
+        .http_addr
+        .unwrap_or_else(|| state.region.http_addr());
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("binding HTTP {http_addr}"))?;
@@ -149,7 +170,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(RETENTION_INTERVAL_S));
         loop {
             tick.tick().await;
-            match retention_state.telemetry.enforce_retention(chrono::Utc::now()).await {
+            match retention_state
+                .telemetry
+                .enforce_retention(chrono::Utc::now())
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "telemetry retention"),
                 Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
@@ -169,10 +194,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         drain_state.ready.store(false, Ordering::Release);
         let _ = stop_tx.send(());
     });
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
     tokio::select! {
         res = &mut server => res?,

@@ -24,7 +24,10 @@ const LOCK_STRIPES: usize = 256;
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("profile history is full ({PROFILE_DOC_MAX_BYTES} bytes)")]
     TooLarge,
     #[error("storage: {0}")]
@@ -64,7 +67,9 @@ impl Profiles {
     pub fn new(storage: Storage, cfg: &crate::config::ProfileConfig) -> Self {
         Self {
             storage,
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             display_name_max_chars: cfg.display_name_max_chars,
             avatar_max_bytes: cfg.avatar_max_bytes,
             settings_max_bytes: cfg.settings_max_bytes,
@@ -73,7 +78,9 @@ impl Profiles {
 
     fn load(&self, player_id: &str) -> Result<AutoCommit, ProfileError> {
         match self.storage.get(&key(player_id))? {
-            Some(bytes) => AutoCommit::load(&bytes).map_err(|e| ProfileError::Corrupt(e.to_string())),
+            Some(bytes) => {
+                AutoCommit::load(&bytes).map_err(|e| ProfileError::Corrupt(e.to_string()))
+            }
             None => Ok(AutoCommit::new()),
         }
     }
@@ -104,12 +111,17 @@ impl Profiles {
             if avatar.len() > self.avatar_max_bytes || avatar.chars().any(char::is_control) {
                 return Err(inv(
                     "avatar",
-                    format!("at most {} bytes, no control characters", self.avatar_max_bytes),
+                    format!(
+                        "at most {} bytes, no control characters",
+                        self.avatar_max_bytes
+                    ),
                 ));
             }
         }
         if let Some(settings) = &patch.settings {
-            let size = serde_json::to_vec(settings).map(|v| v.len()).unwrap_or(usize::MAX);
+            let size = serde_json::to_vec(settings)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if size > self.settings_max_bytes {
                 return Err(inv(
                     "settings",
@@ -122,13 +134,20 @@ impl Profiles {
     }
 
     /// Apply a patch as one automerge change and persist it durably.
-    pub async fn patch(&self, player_id: &str, patch: &ProfilePatch) -> Result<ProfileFields, ProfileError> {
+    pub async fn patch(
+        &self,
+        player_id: &str,
+        patch: &ProfilePatch,
+    ) -> Result<ProfileFields, ProfileError> {
         self.validate(patch)?;
         let stripe = stripe(player_id);
         let _guard = self.locks[stripe].lock().await;
         let mut doc = self.load(player_id)?;
         let am = |e: automerge::AutomergeError| ProfileError::Corrupt(e.to_string());
-        for (field, value) in [("display_name", &patch.display_name), ("avatar", &patch.avatar)] {
+        for (field, value) in [
+            ("display_name", &patch.display_name),
+            ("avatar", &patch.avatar),
+        ] {
             match value {
                 Some(Some(v)) => doc.put(ROOT, field, v.as_str()).map_err(am)?,
                 Some(None) => doc.delete(ROOT, field).map_err(am)?,
@@ -151,7 +170,10 @@ impl Profiles {
 }
 
 fn stripe(player_id: &str) -> usize {
-    player_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % LOCK_STRIPES
+    player_id
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % LOCK_STRIPES
 }
 
 fn check_json(map: &Map<String, Json>, depth: usize) -> Result<(), String> {
@@ -163,7 +185,9 @@ fn check_json(map: &Map<String, Json>, depth: usize) -> Result<(), String> {
     }
     for (k, v) in map {
         if k.is_empty() || k.len() > SETTINGS_KEY_MAX_BYTES {
-            return Err(format!("key {k:?} must be 1-{SETTINGS_KEY_MAX_BYTES} bytes"));
+            return Err(format!(
+                "key {k:?} must be 1-{SETTINGS_KEY_MAX_BYTES} bytes"
+            ));
         }
         match v {
             Json::Object(m) => check_json(m, depth + 1)?,
@@ -221,7 +245,9 @@ fn read_value(doc: &AutoCommit, v: Value<'_>, id: &automerge::ObjId) -> Json {
             ScalarValue::Str(t) => Json::String(t.to_string()),
             ScalarValue::Int(i) => Json::from(*i),
             ScalarValue::Uint(u) => Json::from(*u),
-            ScalarValue::F64(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+            ScalarValue::F64(f) => {
+                serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number)
+            }
             ScalarValue::Boolean(b) => Json::Bool(*b),
             _ => Json::Null,
         },
@@ -296,16 +322,28 @@ mod tests {
         let (_d, _s, p) = profiles().await;
         let long = "x".repeat(33);
         let e = p
-            .patch("p", &ProfilePatch { display_name: Some(Some(long)), ..Default::default() })
+            .patch(
+                "p",
+                &ProfilePatch {
+                    display_name: Some(Some(long)),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap_err();
         assert!(e.to_string().starts_with("display_name"), "{e}");
         assert!(p
-            .validate(&ProfilePatch { display_name: Some(Some("x".repeat(32))), ..Default::default() })
+            .validate(&ProfilePatch {
+                display_name: Some(Some("x".repeat(32))),
+                ..Default::default()
+            })
             .is_ok());
         let deep = serde_json::json!({"a":{"b":{"c":{"d":{"e":1}}}}});
         let e = p
-            .validate(&ProfilePatch { settings: deep.as_object().cloned(), ..Default::default() })
+            .validate(&ProfilePatch {
+                settings: deep.as_object().cloned(),
+                ..Default::default()
+            })
             .unwrap_err();
         assert!(e.to_string().starts_with("settings"), "{e}");
     }

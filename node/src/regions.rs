@@ -88,7 +88,13 @@ pub struct CatalogError {
 
 impl std::fmt::Display for CatalogError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.file.display(), self.field, self.message)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.file.display(),
+            self.field,
+            self.message
+        )
     }
 }
 
@@ -104,11 +110,16 @@ fn err(file: &Path, field: &str, message: impl Into<String>) -> CatalogError {
 pub fn parse_file(path: &Path) -> Result<Region, CatalogError> {
     let meta = std::fs::metadata(path).map_err(|e| err(path, "-", e.to_string()))?;
     if meta.len() > REGION_FILE_MAX_BYTES {
-        return Err(err(path, "-", format!("file larger than {REGION_FILE_MAX_BYTES} bytes")));
+        return Err(err(
+            path,
+            "-",
+            format!("file larger than {REGION_FILE_MAX_BYTES} bytes"),
+        ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| err(path, "-", e.to_string()))?;
     let de = &mut serde_json::Deserializer::from_str(&text);
-    let region: Region = serde_path_to_error_lite(de).map_err(|(field, msg)| err(path, &field, msg))?;
+    let region: Region =
+        serde_path_to_error_lite(de).map_err(|(field, msg)| err(path, &field, msg))?;
     validate_region(path, &region)?;
     Ok(region)
 }
@@ -133,8 +144,7 @@ fn serde_path_to_error_lite(
 fn validate_region(path: &Path, r: &Region) -> Result<(), CatalogError> {
     let valid_name = !r.name.is_empty()
         && r.name.len() <= 32
-        && r
-            .name
+        && r.name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid_name {
@@ -142,13 +152,21 @@ fn validate_region(path: &Path, r: &Region) -> Result<(), CatalogError> {
     }
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     if stem != r.name {
-        return Err(err(path, "name", format!("must match the file name ({stem})")));
+        return Err(err(
+            path,
+            "name",
+            format!("must match the file name ({stem})"),
+        ));
     }
     if r.display_name.trim().is_empty() {
         return Err(err(path, "display_name", "must not be empty"));
     }
     if r.public_host.is_empty() || r.public_host.contains(['/', ' ', ':']) {
-        return Err(err(path, "public_host", "a host name or IP address without port"));
+        return Err(err(
+            path,
+            "public_host",
+            "a host name or IP address without port",
+        ));
     }
     if !(-90.0..=90.0).contains(&r.location.lat) {
         return Err(err(path, "location.lat", "must be within -90..=90"));
@@ -191,7 +209,11 @@ pub fn check_catalog(dir: &Path) -> Result<BTreeMap<String, Region>, Vec<Catalog
         .collect();
     files.sort();
     if files.len() > REGIONS_MAX {
-        return Err(vec![err(dir, "-", format!("more than {REGIONS_MAX} region files"))]);
+        return Err(vec![err(
+            dir,
+            "-",
+            format!("more than {REGIONS_MAX} region files"),
+        )]);
     }
     for file in files {
         match parse_file(&file) {
@@ -200,7 +222,11 @@ pub fn check_catalog(dir: &Path) -> Result<BTreeMap<String, Region>, Vec<Catalog
                     errors.push(err(
                         &file,
                         "name",
-                        format!("duplicate region name {} (also {})", r.name, other.display()),
+                        format!(
+                            "duplicate region name {} (also {})",
+                            r.name,
+                            other.display()
+                        ),
                     ));
                     continue;
                 }
@@ -224,7 +250,11 @@ pub fn check_catalog(dir: &Path) -> Result<BTreeMap<String, Region>, Vec<Catalog
                     errors.push(err(
                         file,
                         n,
-                        format!("port {p} clashes with region {} ({})", o.name, ofile.display()),
+                        format!(
+                            "port {p} clashes with region {} ({})",
+                            o.name,
+                            ofile.display()
+                        ),
                     ));
                 }
             }
@@ -269,14 +299,21 @@ mod tests {
         let missing = region_json("c", 9000).replace(r#""display_name":"X","#, "");
         std::fs::write(dir.path().join("c.json"), missing).unwrap();
         std::fs::write(dir.path().join("d.json"), region_json("e", 9500)).unwrap();
-        let bad_host = region_json("f", 9600).replace(r#""bind_host":"127.0.0.1""#, r#""bind_host":"300.1.1.1""#);
+        let bad_host = region_json("f", 9600)
+            .replace(r#""bind_host":"127.0.0.1""#, r#""bind_host":"300.1.1.1""#);
         std::fs::write(dir.path().join("f.json"), bad_host).unwrap();
         let errors = check_catalog(dir.path()).unwrap_err();
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         let joined = text.join("\n");
-        assert!(joined.contains("b.json: ports.http: port 8000 clashes with region a"), "{joined}");
+        assert!(
+            joined.contains("b.json: ports.http: port 8000 clashes with region a"),
+            "{joined}"
+        );
         assert!(joined.contains("c.json: display_name"), "{joined}");
-        assert!(joined.contains("d.json: name: must match the file name"), "{joined}");
+        assert!(
+            joined.contains("d.json: name: must match the file name"),
+            "{joined}"
+        );
         assert!(joined.contains("f.json"), "{joined}");
     }
 }

@@ -91,7 +91,8 @@ fn hour_key(t: &DateTime<Utc>) -> String {
 fn valid_token(s: &str, max: usize, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
 }
 
 impl Telemetry {
@@ -103,7 +104,12 @@ impl Telemetry {
         &self.cfg
     }
 
-    fn parse_time(&self, i: usize, ts: &Timestamp, now: DateTime<Utc>) -> Result<DateTime<Utc>, TelemetryError> {
+    fn parse_time(
+        &self,
+        i: usize,
+        ts: &Timestamp,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, TelemetryError> {
         let field = format!("events[{i}].timestamp");
         let t = match ts {
             Timestamp::Millis(ms) => Utc
@@ -161,7 +167,9 @@ impl Telemetry {
                     return Err(invalid(format!("events[{i}].session_id"), "not a valid id"));
                 }
             }
-            let payload_len = serde_json::to_vec(&e.payload).map(|v| v.len()).unwrap_or(usize::MAX);
+            let payload_len = serde_json::to_vec(&e.payload)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if payload_len > self.cfg.event_payload_max_bytes {
                 return Err(invalid(
                     format!("events[{i}].payload"),
@@ -188,7 +196,12 @@ impl Telemetry {
                 timestamp: t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 received_at: received_at.clone(),
             };
-            let log_key = format!("tel/log/{}/{:013}/{}", hour_key(&t), t.timestamp_millis().max(0), e.event_id);
+            let log_key = format!(
+                "tel/log/{}/{:013}/{}",
+                hour_key(&t),
+                t.timestamp_millis().max(0),
+                e.event_id
+            );
             prepared.push((stored, log_key));
         }
         // Two attempts: a concurrent batch carrying the same id can win the race.
@@ -198,7 +211,9 @@ impl Telemetry {
             let mut accepted = 0;
             for (ev, log_key) in &prepared {
                 let id_key = format!("tel/id/{}", ev.event_id);
-                if !seen.insert(ev.event_id.as_str()) || self.storage.get(id_key.as_bytes())?.is_some() {
+                if !seen.insert(ev.event_id.as_str())
+                    || self.storage.get(id_key.as_bytes())?.is_some()
+                {
                     continue;
                 }
                 b.require_absent(id_key.clone())
@@ -229,7 +244,12 @@ impl Telemetry {
                 k.push(0); // strictly after the cursor key
                 k
             }
-            (None, Some(t)) => format!("tel/log/{}/{:013}", hour_key(t), t.timestamp_millis().max(0)).into_bytes(),
+            (None, Some(t)) => format!(
+                "tel/log/{}/{:013}",
+                hour_key(t),
+                t.timestamp_millis().max(0)
+            )
+            .into_bytes(),
             (None, None) => b"tel/log/".to_vec(),
         };
         let end = b"tel/log0".to_vec();
@@ -246,7 +266,10 @@ impl Telemetry {
                     Ok(ev) => ev,
                     Err(_) => continue,
                 };
-                let keep = q.player_id.as_ref().is_none_or(|p| ev.player_id.as_ref() == Some(p))
+                let keep = q
+                    .player_id
+                    .as_ref()
+                    .is_none_or(|p| ev.player_id.as_ref() == Some(p))
                     && q.event_type.as_ref().is_none_or(|t| &ev.event_type == t);
                 if keep {
                     out.push(ev);
@@ -272,13 +295,18 @@ impl Telemetry {
         let end = format!("tel/log/{}", hour_key(&cutoff)).into_bytes();
         let mut deleted = 0;
         loop {
-            let rows = self.storage.range(b"tel/log/", Some(&end), RETENTION_DELETE_BATCH)?;
+            let rows = self
+                .storage
+                .range(b"tel/log/", Some(&end), RETENTION_DELETE_BATCH)?;
             if rows.is_empty() {
                 return Ok(deleted);
             }
             let mut b = Batch::new();
             for (k, _) in &rows {
-                if let Some(id) = std::str::from_utf8(k).ok().and_then(|s| s.rsplit('/').next()) {
+                if let Some(id) = std::str::from_utf8(k)
+                    .ok()
+                    .and_then(|s| s.rsplit('/').next())
+                {
                     b.delete(format!("tel/id/{id}"));
                 }
                 b.delete(k.clone());
@@ -313,15 +341,30 @@ mod tests {
     #[tokio::test]
     async fn dedup_within_and_across_batches() {
         let (_d, t) = tel().await;
-        let r = t.ingest(&[ev("a", "x"), ev("a", "x"), ev("b", "y")], Some("p1")).await.unwrap();
+        let r = t
+            .ingest(&[ev("a", "x"), ev("a", "x"), ev("b", "y")], Some("p1"))
+            .await
+            .unwrap();
         assert_eq!(r, (2, 1));
-        let r = t.ingest(&[ev("a", "x"), ev("c", "x")], Some("p1")).await.unwrap();
+        let r = t
+            .ingest(&[ev("a", "x"), ev("c", "x")], Some("p1"))
+            .await
+            .unwrap();
         assert_eq!(r, (1, 1));
-        let (all, cursor) = t.query(&Query { limit: 100, ..Default::default() }).unwrap();
+        let (all, cursor) = t
+            .query(&Query {
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(all.len(), 3);
         assert!(cursor.is_none());
         let (xs, _) = t
-            .query(&Query { limit: 100, event_type: Some("x".into()), ..Default::default() })
+            .query(&Query {
+                limit: 100,
+                event_type: Some("x".into()),
+                ..Default::default()
+            })
             .unwrap();
         assert_eq!(xs.len(), 2);
         assert!(xs.iter().all(|e| e.player_id.as_deref() == Some("p1")));
@@ -349,8 +392,19 @@ mod tests {
         let (_d, t) = tel().await;
         let evs: Vec<EventIn> = (0..25).map(|i| ev(&format!("e{i}"), "x")).collect();
         t.ingest(&evs, None).await.unwrap();
-        let (page1, c) = t.query(&Query { limit: 10, ..Default::default() }).unwrap();
-        let (page2, _) = t.query(&Query { limit: 100, cursor: c, ..Default::default() }).unwrap();
+        let (page1, c) = t
+            .query(&Query {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        let (page2, _) = t
+            .query(&Query {
+                limit: 100,
+                cursor: c,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(page1.len() + page2.len(), 25);
         assert_eq!(t.enforce_retention(Utc::now()).await.unwrap(), 0);
         let later = Utc::now() + chrono::Duration::hours(t.cfg.retention_hours as i64 + 2);

@@ -11,7 +11,11 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const SERVER_TOKEN: &str = "test-server-token-0123456789";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn repo_root() -> PathBuf {
@@ -32,8 +36,14 @@ impl Node {
         let mut envs = vec![
             ("MERIDIAN_RATE_LIMITS".to_string(), "off".to_string()),
             ("MERIDIAN_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
-            ("MERIDIAN_AUTH__SERVER_TOKENS".to_string(), format!("[\"{SERVER_TOKEN}\"]")),
-            ("MERIDIAN_REGIONS_DIR".to_string(), repo_root().join("regions").display().to_string()),
+            (
+                "MERIDIAN_AUTH__SERVER_TOKENS".to_string(),
+                format!("[\"{SERVER_TOKEN}\"]"),
+            ),
+            (
+                "MERIDIAN_REGIONS_DIR".to_string(),
+                repo_root().join("regions").display().to_string(),
+            ),
         ];
         for (k, v) in extra_env {
             envs.retain(|(ek, _)| ek != k);
@@ -52,15 +62,26 @@ impl Node {
 
     pub fn spawn(&mut self) {
         std::fs::create_dir_all(&self.data_dir).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian"));
-        cmd.args(["up", "--region", "eu-west", "--log-format", "json", "--http"])
-            .arg(self.addr.to_string())
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .env_remove("MERIDIAN_LOG")
-            .stdout(Stdio::null())
-            .stderr(log);
+        cmd.args([
+            "up",
+            "--region",
+            "eu-west",
+            "--log-format",
+            "json",
+            "--http",
+        ])
+        .arg(self.addr.to_string())
+        .arg("--data-dir")
+        .arg(&self.data_dir)
+        .env_remove("MERIDIAN_LOG")
+        .stdout(Stdio::null())
+        .stderr(log);
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
@@ -72,7 +93,10 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("meridian exited early ({status}); log:\n{}", self.log_tail());
+                panic!(
+                    "meridian exited early ({status}); log:\n{}",
+                    self.log_tail()
+                );
             }
             if let Ok(resp) = probe::blocking_get(&format!("{}/readyz", self.url())) {
                 if resp == 200 {
@@ -131,15 +155,25 @@ mod probe {
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         let mut s = std::net::TcpStream::connect(host)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-        write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            s,
+            "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut buf = String::new();
         s.read_to_string(&mut buf)?;
-        Ok(buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
+        Ok(buf
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0))
     }
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// Send a request and return (status, headers, JSON body or Null).
@@ -156,9 +190,13 @@ pub async fn call(
 
 /// Register a user and return the response body.
 pub async fn register(base: &str, username: &str, password: &str) -> serde_json::Value {
-    let (s, _, b) = call(client().post(format!("{base}/auth/register")).json(&serde_json::json!({
-        "username": username, "password": password
-    })))
+    let (s, _, b) = call(
+        client()
+            .post(format!("{base}/auth/register"))
+            .json(&serde_json::json!({
+                "username": username, "password": password
+            })),
+    )
     .await;
     assert_eq!(s, 201, "register {username}: {b}");
     b
@@ -168,6 +206,9 @@ pub async fn register(base: &str, username: &str, password: &str) -> serde_json:
 pub fn error_code(body: &serde_json::Value) -> String {
     let e = &body["error"];
     assert!(e["message"].is_string(), "no error message in {body}");
-    assert!(e["request_id"].as_str().is_some_and(|r| !r.is_empty()), "no request id in {body}");
+    assert!(
+        e["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "no request id in {body}"
+    );
     e["code"].as_str().expect("error code").to_string()
 }

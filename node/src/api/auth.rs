@@ -28,11 +28,17 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Invalid { field, message } => ApiError::invalid(field, message),
-            AuthError::UsernameTaken => ApiError::conflict("username_taken", "username: already taken"),
+            AuthError::UsernameTaken => {
+                ApiError::conflict("username_taken", "username: already taken")
+            }
             AuthError::EmailTaken => ApiError::conflict("email_taken", "email: already registered"),
-            AuthError::BadCredentials => ApiError::unauthorized("invalid_credentials", e.to_string()),
+            AuthError::BadCredentials => {
+                ApiError::unauthorized("invalid_credentials", e.to_string())
+            }
             AuthError::BadRefresh => ApiError::unauthorized("invalid_refresh_token", e.to_string()),
-            AuthError::RefreshReused => ApiError::unauthorized("refresh_token_reused", e.to_string()),
+            AuthError::RefreshReused => {
+                ApiError::unauthorized("refresh_token_reused", e.to_string())
+            }
             AuthError::NotYours => ApiError::forbidden(e.to_string()),
             AuthError::Store(e) => ApiError::internal(e),
             AuthError::Internal(e) => ApiError::internal(e),
@@ -41,11 +47,18 @@ impl From<AuthError> for ApiError {
 }
 
 fn limit(state: &Shared, key: &str, per_min: u32) -> Result<(), ApiError> {
-    state.limiter.check(key, per_min).map_err(ApiError::rate_limited)
+    state
+        .limiter
+        .check(key, per_min)
+        .map_err(ApiError::rate_limited)
 }
 
 fn limit_ip(state: &Shared, addr: &SocketAddr) -> Result<(), ApiError> {
-    limit(state, &format!("ip:{}", addr.ip()), state.cfg.rate_limits.auth_per_ip_per_min)
+    limit(
+        state,
+        &format!("ip:{}", addr.ip()),
+        state.cfg.rate_limits.auth_per_ip_per_min,
+    )
 }
 
 fn limit_account(state: &Shared, account: &str) -> Result<(), ApiError> {
@@ -96,7 +109,10 @@ pub async fn register(
         .register(&req.username, &req.password, req.email.as_deref())
         .await?;
     metrics::counter!("accounts_registered_total").increment(1);
-    Ok((StatusCode::CREATED, Json(auth_response(account.username, tokens))))
+    Ok((
+        StatusCode::CREATED,
+        Json(auth_response(account.username, tokens)),
+    ))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -118,7 +134,12 @@ pub async fn login(
     let identifier = match (&req.username, &req.email) {
         (Some(u), None) => u,
         (None, Some(e)) => e,
-        _ => return Err(ApiError::invalid("username", "give exactly one of username or email")),
+        _ => {
+            return Err(ApiError::invalid(
+                "username",
+                "give exactly one of username or email",
+            ))
+        }
     };
     limit_ip(&state, &addr)?;
     limit_account(&state, identifier)?;
@@ -142,7 +163,11 @@ pub async fn device(
     limit_ip(&state, &addr)?;
     limit_account(&state, &format!("device:{}", req.device_id))?;
     let (account, tokens, created) = state.accounts.device(&req.device_id).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(auth_response(account.username, tokens))))
 }
 

@@ -110,7 +110,10 @@ async fn error_body(req: Request, next: Next) -> Response {
         "error": {"code": info.code, "message": info.message, "request_id": request_id}
     });
     let (mut parts, _) = resp.into_parts();
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }
@@ -147,9 +150,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             Ok(axum::Json(v)) => Ok(Body(v)),
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::bad_request(
                 "invalid_field",
-                e.body_text().replace("Failed to deserialize the JSON body into the target type: ", ""),
+                e.body_text().replace(
+                    "Failed to deserialize the JSON body into the target type: ",
+                    "",
+                ),
             )),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::bad_request("malformed_json", e.body_text())),
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(ApiError::bad_request("malformed_json", e.body_text()))
+            }
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -176,7 +184,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
             Err(e) => Err(ApiError::bad_request(
                 "invalid_query",
-                e.body_text().replace("Failed to deserialize query string: ", ""),
+                e.body_text()
+                    .replace("Failed to deserialize query string: ", ""),
             )),
         }
     }
@@ -214,16 +223,26 @@ pub struct AdminCaller;
 impl FromRequestParts<Shared> for AdminCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
         let Some(admin) = &state.cfg.admin_token else {
-            return Err(ApiError::forbidden("admin endpoints are disabled: no admin token configured"));
+            return Err(ApiError::forbidden(
+                "admin endpoints are disabled: no admin token configured",
+            ));
         };
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("missing_token", "Authorization: Bearer <admin token> required"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_token",
+                    "Authorization: Bearer <admin token> required",
+                )
+            })?;
         if ct_eq(token.trim().as_bytes(), admin.as_bytes()) {
             Ok(AdminCaller)
         } else {
@@ -239,11 +258,13 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing_token", "Authorization: Bearer <token> required"))?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing_token", "Authorization: Bearer <token> required")
+        })?;
         let token = header
             .to_str()
             .ok()
@@ -255,19 +276,33 @@ impl FromRequestParts<Shared> for Caller {
                 return Ok(Caller::Admin);
             }
         }
-        if state.cfg.auth.server_tokens.iter().any(|t| ct_eq(token.as_bytes(), t.as_bytes())) {
+        if state
+            .cfg
+            .auth
+            .server_tokens
+            .iter()
+            .any(|t| ct_eq(token.as_bytes(), t.as_bytes()))
+        {
             return Ok(Caller::Server);
         }
         use crate::auth::tokens::TokenError;
         let claims = state.accounts.keys().verify(token).map_err(|e| match e {
-            TokenError::Expired => ApiError::unauthorized("token_expired", "access token expired; refresh it"),
+            TokenError::Expired => {
+                ApiError::unauthorized("token_expired", "access token expired; refresh it")
+            }
             other => ApiError::unauthorized("invalid_token", other.to_string()),
         })?;
         if claims.role != "player" {
-            return Err(ApiError::unauthorized("invalid_token", "unknown role in token"));
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "unknown role in token",
+            ));
         }
         if state.accounts.login_revoked(&claims.sid) {
-            return Err(ApiError::unauthorized("token_revoked", "this login was revoked; log in again"));
+            return Err(ApiError::unauthorized(
+                "token_revoked",
+                "this login was revoked; log in again",
+            ));
         }
         Ok(Caller::Player { id: claims.sub })
     }

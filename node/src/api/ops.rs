@@ -42,7 +42,12 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }
@@ -56,7 +61,11 @@ pub struct Progress {
 
 pub fn progress(_state: &Shared, _player_id: &str) -> Result<Progress, ApiError> {
     // TODO(stats): wire the stats engine.
-    Ok(Progress { level: 1, xp: 0, stats: serde_json::json!({}) })
+    Ok(Progress {
+        level: 1,
+        xp: 0,
+        stats: serde_json::json!({}),
+    })
 }
 
 #[derive(Serialize, ToSchema)]
@@ -67,15 +76,25 @@ pub struct Health {
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
 pub async fn healthz(State(state): State<Shared>) -> Json<Health> {
-    Json(Health { status: "ok", region: state.region.name.clone() })
+    Json(Health {
+        status: "ok",
+        region: state.region.name.clone(),
+    })
 }
 
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503)))]
 pub async fn readyz(State(state): State<Shared>) -> Result<Json<Health>, ApiError> {
     if state.is_ready() {
-        Ok(Json(Health { status: "ready", region: state.region.name.clone() }))
+        Ok(Json(Health {
+            status: "ready",
+            region: state.region.name.clone(),
+        }))
     } else {
-        Err(ApiError::unavailable("not_ready", "starting up or draining", 1))
+        Err(ApiError::unavailable(
+            "not_ready",
+            "starting up or draining",
+            1,
+        ))
     }
 }
 
@@ -115,7 +134,11 @@ pub async fn regions(State(state): State<Shared>) -> Json<Vec<RegionView>> {
             game_host: r.public_host.clone(),
             game_port: r.ports.game,
             beacon: format!("{}:{}", r.public_host, r.ports.beacon),
-            status: if r.name == me.name { "self".into() } else { "unknown".into() },
+            status: if r.name == me.name {
+                "self".into()
+            } else {
+                "unknown".into()
+            },
         })
         .collect();
     Json(views)

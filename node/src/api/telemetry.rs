@@ -49,7 +49,11 @@ pub async fn ingest(
     let player = match &caller {
         Caller::Player { id } => Some(id.clone()),
         Caller::Server => None,
-        Caller::Admin => return Err(ApiError::forbidden("telemetry comes from players and servers")),
+        Caller::Admin => {
+            return Err(ApiError::forbidden(
+                "telemetry comes from players and servers",
+            ))
+        }
     };
     if let Some(p) = &player {
         state
@@ -57,10 +61,19 @@ pub async fn ingest(
             .check(&format!("player:{p}"), state.cfg.rate_limits.player_per_min)
             .map_err(ApiError::rate_limited)?;
     }
-    let (accepted, duplicates) = state.telemetry.ingest(&batch.events, player.as_deref()).await?;
+    let (accepted, duplicates) = state
+        .telemetry
+        .ingest(&batch.events, player.as_deref())
+        .await?;
     metrics::counter!("telemetry_events_accepted_total").increment(accepted as u64);
     metrics::counter!("telemetry_events_duplicate_total").increment(duplicates as u64);
-    Ok((StatusCode::ACCEPTED, Json(TelemetryAccepted { accepted, duplicates })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(TelemetryAccepted {
+            accepted,
+            duplicates,
+        }),
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -104,7 +117,11 @@ pub async fn query(
     let cursor = q
         .cursor
         .as_deref()
-        .map(|c| URL_SAFE_NO_PAD.decode(c).map_err(|_| ApiError::invalid("cursor", "not a cursor from this endpoint")))
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from this endpoint"))
+        })
         .transpose()?;
     let (events, next) = state.telemetry.query(&crate::telemetry::Query {
         player_id: q.player_id,

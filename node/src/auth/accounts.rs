@@ -75,7 +75,10 @@ pub struct TokenPair {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("username already taken")]
     UsernameTaken,
     #[error("email already registered")]
@@ -122,8 +125,13 @@ fn sha_key(prefix: &str, secret: &str) -> Vec<u8> {
 }
 
 fn argon2() -> Argon2<'static> {
-    let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_ITERATIONS, ARGON2_PARALLELISM, None)
-        .expect("static argon2 params are valid");
+    let params = Params::new(
+        ARGON2_MEMORY_KIB,
+        ARGON2_ITERATIONS,
+        ARGON2_PARALLELISM,
+        None,
+    )
+    .expect("static argon2 params are valid");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
@@ -215,7 +223,11 @@ impl Accounts {
             .map_err(|m| invalid("email", m))?;
         // Cheap pre-checks before spending 20 ms on argon2; the batch below
         // re-checks atomically.
-        if self.storage.get(format!("user/{key}").as_bytes())?.is_some() {
+        if self
+            .storage
+            .get(format!("user/{key}").as_bytes())?
+            .is_some()
+        {
             return Err(AuthError::UsernameTaken);
         }
         let pw = password.to_string();
@@ -240,11 +252,16 @@ impl Accounts {
             b.require_absent(format!("mail/{e}"))
                 .put(format!("mail/{e}"), account.player_id.clone());
         }
-        let tokens = self.create_account_and_login(b, &account).await.map_err(|e| match e {
-            AuthError::Store(StoreError::Conflict(k)) if k.starts_with("mail/") => AuthError::EmailTaken,
-            AuthError::Store(StoreError::Conflict(_)) => AuthError::UsernameTaken,
-            other => other,
-        })?;
+        let tokens = self
+            .create_account_and_login(b, &account)
+            .await
+            .map_err(|e| match e {
+                AuthError::Store(StoreError::Conflict(k)) if k.starts_with("mail/") => {
+                    AuthError::EmailTaken
+                }
+                AuthError::Store(StoreError::Conflict(_)) => AuthError::UsernameTaken,
+                other => other,
+            })?;
         Ok((account, tokens))
     }
 
@@ -253,11 +270,10 @@ impl Accounts {
         mut b: Batch,
         account: &Account,
     ) -> Result<TokenPair, AuthError> {
-        b.require_absent(format!("acct/{}", account.player_id))
-            .put(
-                format!("acct/{}", account.player_id),
-                serde_json::to_vec(account).map_err(internal)?,
-            );
+        b.require_absent(format!("acct/{}", account.player_id)).put(
+            format!("acct/{}", account.player_id),
+            serde_json::to_vec(account).map_err(internal)?,
+        );
         let (tokens, login) = self.new_login(&account.player_id)?;
         b.ops.extend(login.ops);
         self.storage.commit(&b).await?;
@@ -273,12 +289,20 @@ impl Accounts {
             revoked: false,
             created_at: chrono::Utc::now().timestamp(),
         };
-        b.put(format!("rtf/{family}"), serde_json::to_vec(&fam).map_err(internal)?);
+        b.put(
+            format!("rtf/{family}"),
+            serde_json::to_vec(&fam).map_err(internal)?,
+        );
         let pair = self.next_token(player_id, &family, &mut b)?;
         Ok((pair, b))
     }
 
-    fn next_token(&self, player_id: &str, family: &str, b: &mut Batch) -> Result<TokenPair, AuthError> {
+    fn next_token(
+        &self,
+        player_id: &str,
+        family: &str,
+        b: &mut Batch,
+    ) -> Result<TokenPair, AuthError> {
         let refresh = random_token()?;
         let rec = RefreshRecord {
             player_id: player_id.to_string(),
@@ -286,7 +310,10 @@ impl Accounts {
             spent: false,
             expires_at: chrono::Utc::now().timestamp() + self.refresh_ttl_s as i64,
         };
-        b.put(sha_key("rt/", &refresh), serde_json::to_vec(&rec).map_err(internal)?);
+        b.put(
+            sha_key("rt/", &refresh),
+            serde_json::to_vec(&rec).map_err(internal)?,
+        );
         let access = self
             .keys
             .issue(player_id, family, self.access_ttl_s)
@@ -312,7 +339,11 @@ impl Accounts {
     }
 
     /// Log in with a username or an email (an identifier with '@').
-    pub async fn login(&self, identifier: &str, password: &str) -> Result<(Account, TokenPair), AuthError> {
+    pub async fn login(
+        &self,
+        identifier: &str,
+        password: &str,
+    ) -> Result<(Account, TokenPair), AuthError> {
         let account = if identifier.contains('@') {
             match names::normalize_email(identifier) {
                 Ok(e) => self.lookup(format!("mail/{e}").as_bytes())?,
@@ -389,7 +420,10 @@ impl Accounts {
         if let Some(mut f) = self.family(family)? {
             f.revoked = true;
             let mut b = Batch::new();
-            b.put(format!("rtf/{family}"), serde_json::to_vec(&f).map_err(internal)?);
+            b.put(
+                format!("rtf/{family}"),
+                serde_json::to_vec(&f).map_err(internal)?,
+            );
             self.storage.commit(&b).await?;
         }
         Ok(())

@@ -39,7 +39,11 @@ pub fn normalize_username(raw: &str) -> Result<Username, String> {
             "character {bad:?} not allowed (letters a-z, digits, '_', '.', '-')"
         ));
     }
-    if !display.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !display
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return Err("must start with a letter or digit".into());
     }
     if display.to_ascii_lowercase().starts_with("guest-") {

@@ -71,7 +71,11 @@ fn evict(map: &mut HashMap<String, Bucket>, per_s: f64, cap: f64, now: Instant, 
     map.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * per_s < cap);
     if map.len() >= max {
         // Still full of active buckets: drop the least recently used one.
-        if let Some(oldest) = map.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| k.clone()) {
+        if let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, b)| b.last)
+            .map(|(k, _)| k.clone())
+        {
             map.remove(&oldest);
         }
     }

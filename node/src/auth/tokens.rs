@@ -187,7 +187,9 @@ impl Keyring {
             Ok(data) => Ok(data.claims),
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
-                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => Err(TokenError::WrongAlgorithm),
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                    Err(TokenError::WrongAlgorithm)
+                }
                 _ => Err(TokenError::Invalid(e.to_string())),
             },
         }
