@@ -35,6 +35,34 @@ enum Command {
         #[arg(long)]
         log_format: Option<String>,
     },
+    /// Load bots that behave like players (loopback targets only by default).
+    Bots {
+        /// Node URL(s), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        players: usize,
+        /// login-storm, profile-read or telemetry.
+        #[arg(long)]
+        scenario: String,
+        /// e.g. 10s, 2m.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Open loop at this many requests per second (default: closed loop).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Closed-loop workers.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        allow_remote: bool,
+        /// No live progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Region catalog tools.
     Regions {
         #[command(subcommand)]
@@ -93,6 +121,67 @@ fn main() -> std::process::ExitCode {
                     tracing::error!(error = %format!("{e:#}"), "node failed");
                     eprintln!("meridian: {e:#}");
                     std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bots {
+            target,
+            players,
+            scenario,
+            duration,
+            rate,
+            concurrency,
+            json,
+            allow_remote,
+            quiet,
+        } => {
+            let duration = match meridian_sim::bots::parse_duration(&duration) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("meridian bots: --duration: {e}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            let targets = if target.is_empty() {
+                vec!["http://127.0.0.1:7700".to_string()]
+            } else {
+                target
+            };
+            let cfg = meridian_sim::bots::BotConfig {
+                targets,
+                players,
+                scenario,
+                duration,
+                rate,
+                concurrency,
+                allow_remote,
+                progress: !quiet,
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("meridian bots: cannot start runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(meridian_sim::bots::run(cfg)) {
+                Ok(report) => {
+                    print!("{}", report.table());
+                    if let Some(path) = json {
+                        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+                        if let Err(e) = std::fs::write(&path, text) {
+                            eprintln!("meridian bots: writing {}: {e}", path.display());
+                            return std::process::ExitCode::FAILURE;
+                        }
+                    }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("meridian bots: {e}");
+                    std::process::ExitCode::from(2)
                 }
             }
         }
