@@ -34,6 +34,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub telemetry: TelemetryConfig,
     pub profiles: ProfileConfig,
+    pub mesh: MeshSection,
 }
 
 impl Default for Config {
@@ -54,6 +55,48 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             telemetry: TelemetryConfig::default(),
             profiles: ProfileConfig::default(),
+            mesh: MeshSection::default(),
+        }
+    }
+}
+
+/// The region mesh (SWIM over mutually authenticated QUIC).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshSection {
+    pub enabled: bool,
+    /// Extra seed mesh addresses (`host:port`).
+    pub seeds: Vec<String>,
+    /// Also use every other region of the catalog as a seed.
+    pub seed_catalog: bool,
+    /// Cluster CA directory (`ca.pem`, and `ca.key` for dev certs). Default:
+    /// `{data_dir}/certs/ca`, created on first start when `auto_dev_certs`.
+    pub ca_dir: Option<PathBuf>,
+    /// Node certificate directory (`node.pem`, `node.key`). Default:
+    /// `{data_dir}/certs/{node_name}`.
+    pub cert_dir: Option<PathBuf>,
+    /// Create a CA and node certificate under the data dir when missing
+    /// (local dev and `meridian demo`); production sets false and issues
+    /// certificates with `meridian certs`.
+    pub auto_dev_certs: bool,
+    /// Demo only: injected round-trip latency (ms) to each region.
+    pub injected_rtt_ms: std::collections::BTreeMap<String, u64>,
+    /// Demo only: the beacon waits this long before echoing, to simulate a
+    /// client's distance to this region when every region is on loopback.
+    pub beacon_reply_delay_ms: u64,
+}
+
+impl Default for MeshSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            seeds: Vec::new(),
+            seed_catalog: true,
+            ca_dir: None,
+            cert_dir: None,
+            auto_dev_certs: true,
+            injected_rtt_ms: Default::default(),
+            beacon_reply_delay_ms: 0,
         }
     }
 }

@@ -7,9 +7,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod matchmaking;
 pub mod node;
 pub mod profiles;
 pub mod regions;
 pub mod telemetry;
+pub mod tools;

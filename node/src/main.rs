@@ -63,10 +63,60 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Cluster PKI: the CA and node certificates for the mesh's mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Measure every region's beacon (UDP echo) and pick the nearest.
+    PingRegions {
+        /// Any node's URL; its `GET /regions` lists the beacons.
+        #[arg(long, default_value = "http://127.0.0.1:7700")]
+        via: String,
+        /// Probes per region (median is reported).
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+    },
+    /// Run a 3-region mesh on this machine (regions from regions/), with
+    /// injected inter-region latency, until Ctrl-C.
+    Demo {
+        #[arg(long, default_value = "demo-data")]
+        data_dir: PathBuf,
+        /// Injected RTT in ms between region pairs (1-2, 1-3, 2-3).
+        #[arg(long, default_value = "30,80,140", value_delimiter = ',')]
+        latency_ms: Vec<u64>,
+        /// Simulated client distance: beacon reply delay in ms per region
+        /// (so `ping-regions` on loopback has a nearest region).
+        #[arg(long, default_value = "10,45,90", value_delimiter = ',')]
+        client_latency_ms: Vec<u64>,
+        #[arg(long, default_value = "regions")]
+        regions_dir: PathBuf,
+    },
     /// Region catalog tools.
     Regions {
         #[command(subcommand)]
         command: RegionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA (ca.pem, ca.key) in DIR.
+    Init {
+        #[arg(long, default_value = "certs/ca")]
+        dir: PathBuf,
+    },
+    /// Issue a node certificate signed by the cluster CA.
+    Issue {
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "certs/ca")]
+        ca_dir: PathBuf,
+        /// Output directory (node.pem, node.key); default certs/NODE.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 365)]
+        days: u64,
     },
 }
 
@@ -77,6 +127,17 @@ enum RegionsCommand {
         #[arg(default_value = "regions")]
         dir: PathBuf,
     },
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("meridian {what}: {e}");
+    std::process::ExitCode::FAILURE
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn main() -> std::process::ExitCode {
@@ -183,6 +244,58 @@ fn main() -> std::process::ExitCode {
                     eprintln!("meridian bots: {e}");
                     std::process::ExitCode::from(2)
                 }
+            }
+        }
+        Command::Certs { command } => match command {
+            CertsCommand::Init { dir } => match meridian_mesh::pki::init_ca(&dir) {
+                Ok(()) => {
+                    println!(
+                        "cluster CA created in {} (keep ca.key secret)",
+                        dir.display()
+                    );
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => fail("certs init", e),
+            },
+            CertsCommand::Issue {
+                node,
+                ca_dir,
+                out,
+                days,
+            } => {
+                let out = out.unwrap_or_else(|| PathBuf::from("certs").join(&node));
+                let validity = std::time::Duration::from_secs(days.max(1) * 24 * 3600);
+                match meridian_mesh::pki::issue_node_cert(&ca_dir, &node, &out, validity) {
+                    Ok(()) => {
+                        println!(
+                            "certificate for {node} written to {} (valid {days} days)",
+                            out.display()
+                        );
+                        std::process::ExitCode::SUCCESS
+                    }
+                    Err(e) => fail("certs issue", e),
+                }
+            }
+        },
+        Command::PingRegions { via, count } => match runtime() {
+            Ok(rt) => match rt.block_on(meridian::tools::ping_regions(&via, count)) {
+                Ok(table) => {
+                    print!("{table}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => fail("ping-regions", e),
+            },
+            Err(e) => fail("ping-regions", e),
+        },
+        Command::Demo {
+            data_dir,
+            latency_ms,
+            client_latency_ms,
+            regions_dir,
+        } => {
+            match meridian::tools::demo(&data_dir, &regions_dir, &latency_ms, &client_latency_ms) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => fail("demo", e),
             }
         }
         Command::Regions {

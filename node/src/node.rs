@@ -124,7 +124,17 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     if cfg.admin_token.is_none() {
         tracing::info!("no admin token configured: admin endpoints answer 403");
     }
+    let http_port = cfg.http_addr.unwrap_or_else(|| region.http_addr()).port();
+    let (mesh, beacon) = if cfg.mesh.enabled {
+        let c = crate::cluster::start(&cfg, &region, &catalog, http_port).await?;
+        (Some(c.mesh), Some(c.beacon))
+    } else {
+        tracing::info!("mesh disabled (mesh.enabled = false): single-node mode");
+        (None, None)
+    };
     Ok(Arc::new(AppState {
+        mesh: std::sync::RwLock::new(mesh),
+        beacon,
         cfg,
         region,
         catalog,
@@ -209,6 +219,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             while state.is_ready() { tokio::time::sleep(Duration::from_millis(50)).await; }
             tokio::time::sleep(drain_timeout).await;
         } => tracing::warn!("drain timeout: closing with requests in flight"),
+    }
+    let mesh = state.mesh.write().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(mesh) = mesh {
+        mesh.shutdown().await;
+        tracing::info!("left the mesh");
     }
     state.storage.flush_blocking()?;
     tracing::info!("storage flushed; bye");

@@ -18,6 +18,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -28,11 +36,28 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub envs: Vec<(String, String)>,
     pub log: PathBuf,
+    /// Command prefix, e.g. `ip netns exec NS`.
+    pub prefix: Vec<String>,
 }
 
 impl Node {
     /// Start a node with rate limits off (most tests) and extra env vars.
     pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Node {
+        Self::start_at(
+            data_dir,
+            extra_env,
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            Vec::new(),
+        )
+    }
+
+    /// Start with a given HTTP address and a command prefix (network namespaces).
+    pub fn start_at(
+        data_dir: &Path,
+        extra_env: &[(&str, &str)],
+        addr: SocketAddr,
+        prefix: Vec<String>,
+    ) -> Node {
         let mut envs = vec![
             ("MERIDIAN_RATE_LIMITS".to_string(), "off".to_string()),
             ("MERIDIAN_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
@@ -44,6 +69,18 @@ impl Node {
                 "MERIDIAN_REGIONS_DIR".to_string(),
                 repo_root().join("regions").display().to_string(),
             ),
+            (
+                "MERIDIAN_MESH_ADDR".to_string(),
+                format!("127.0.0.1:{}", free_udp_port()),
+            ),
+            (
+                "MERIDIAN_BEACON_ADDR".to_string(),
+                format!("127.0.0.1:{}", free_udp_port()),
+            ),
+            (
+                "MERIDIAN_MESH__SEED_CATALOG".to_string(),
+                "false".to_string(),
+            ),
         ];
         for (k, v) in extra_env {
             envs.retain(|(ek, _)| ek != k);
@@ -51,10 +88,11 @@ impl Node {
         }
         let mut n = Node {
             child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            addr,
             data_dir: data_dir.to_path_buf(),
             envs,
             log: data_dir.join("node.log"),
+            prefix,
         };
         n.spawn();
         n
@@ -67,21 +105,22 @@ impl Node {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meridian"));
-        cmd.args([
-            "up",
-            "--region",
-            "eu-west",
-            "--log-format",
-            "json",
-            "--http",
-        ])
-        .arg(self.addr.to_string())
-        .arg("--data-dir")
-        .arg(&self.data_dir)
-        .env_remove("MERIDIAN_LOG")
-        .stdout(Stdio::null())
-        .stderr(log);
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_meridian"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_meridian")),
+        };
+        let region = self.env("MERIDIAN_REGION").unwrap_or("eu-west").to_string();
+        cmd.args(["up", "--region", &region, "--log-format", "json", "--http"])
+            .arg(self.addr.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env_remove("MERIDIAN_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
@@ -112,6 +151,13 @@ impl Node {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.envs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn url(&self) -> String {

@@ -7,6 +7,7 @@
 //! error bodies → timeout (408) → concurrency limit → body limit (413).
 
 pub mod auth;
+pub mod mesh;
 pub mod ops;
 pub mod player;
 pub mod telemetry;
@@ -43,6 +44,9 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// False until start-up finished and again once draining began.
     pub ready: AtomicBool,
+    /// The region mesh; `None` when disabled or after shutdown left it.
+    pub mesh: std::sync::RwLock<Option<meridian_mesh::MeshHandle>>,
+    pub beacon: Option<meridian_mesh::beacon::BeaconServer>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -50,6 +54,15 @@ pub type Shared = Arc<AppState>;
 impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Run `f` with the mesh handle, if the mesh runs.
+    pub fn with_mesh<T>(&self, f: impl FnOnce(&meridian_mesh::MeshHandle) -> T) -> Option<T> {
+        self.mesh
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(f)
     }
 }
 
@@ -60,6 +73,7 @@ pub fn router(state: Shared) -> Router {
         .merge(player::routes())
         .merge(telemetry::routes())
         .merge(ops::routes())
+        .merge(mesh::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(limits.http_body_max_bytes))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.http_body_max_bytes))

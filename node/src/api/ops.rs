@@ -28,7 +28,7 @@ pub fn routes() -> Router<Shared> {
         super::auth::logout, super::auth::jwks,
         super::player::get_profile, super::player::patch_profile, super::player::get_me,
         super::telemetry::ingest, super::telemetry::query,
-        healthz, readyz, regions,
+        healthz, readyz, regions, super::mesh::admin_mesh,
     ),
     modifiers(&BearerAuth)
 )]
@@ -99,6 +99,7 @@ pub async fn readyz(State(state): State<Shared>) -> Result<Json<Health>, ApiErro
 }
 
 pub async fn metrics_text(State(state): State<Shared>) -> impl IntoResponse {
+    state.with_mesh(crate::cluster::export_metrics);
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -118,28 +119,82 @@ pub struct RegionView {
     pub game_host: String,
     pub game_port: u16,
     pub beacon: String,
-    /// `self` for the answering node; others from the mesh.
+    /// `self` for the answering node; others from the mesh: `alive`,
+    /// `suspect`, `down`, or `unknown` (no member seen).
     pub status: String,
+    /// Load of the region's node, 0.0..=1.0, from mesh metadata.
+    pub load: Option<f32>,
+    /// Smoothed RTT from this node to that region over QUIC.
+    pub rtt_ms: Option<f64>,
 }
 
 #[utoipa::path(get, path = "/regions", responses((status = 200, body = [RegionView])))]
 pub async fn regions(State(state): State<Shared>) -> Json<Vec<RegionView>> {
     let me = &state.region;
-    let views = std::iter::once(me)
+    let members = state.with_mesh(|m| m.members()).unwrap_or_default();
+    let mut views: Vec<RegionView> = std::iter::once(me)
         .chain(state.catalog.values().filter(|r| r.name != me.name))
-        .map(|r| RegionView {
-            region: r.name.clone(),
-            display_name: r.display_name.clone(),
-            api_url: r.api_url(),
-            game_host: r.public_host.clone(),
-            game_port: r.ports.game,
-            beacon: format!("{}:{}", r.public_host, r.ports.beacon),
-            status: if r.name == me.name {
-                "self".into()
-            } else {
-                "unknown".into()
-            },
+        .map(|r| {
+            let alive = members.iter().find(|m| {
+                m.region == r.name && !m.is_self && m.state == meridian_mesh::MemberState::Alive
+            });
+            let meta = alive.and_then(|m| m.metadata.clone());
+            RegionView {
+                region: r.name.clone(),
+                display_name: r.display_name.clone(),
+                api_url: meta
+                    .as_ref()
+                    .map(|m| m.api_url.clone())
+                    .unwrap_or_else(|| r.api_url()),
+                game_host: r.public_host.clone(),
+                game_port: meta.as_ref().map(|m| m.game_port).unwrap_or(r.ports.game),
+                beacon: meta
+                    .as_ref()
+                    .and_then(|m| m.beacon_addr)
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| format!("{}:{}", r.public_host, r.ports.beacon)),
+                status: crate::cluster::region_status(&members, &r.name, &me.name),
+                load: meta.as_ref().map(|m| m.load),
+                rtt_ms: alive.and_then(|m| m.rtt_ms),
+            }
         })
         .collect();
+    // Regions seen in the mesh but missing from this node's catalog.
+    for m in members
+        .iter()
+        .filter(|m| !m.is_self && m.state == meridian_mesh::MemberState::Alive)
+    {
+        if views.iter().any(|v| v.region == m.region) {
+            continue;
+        }
+        if let Some(meta) = &m.metadata {
+            views.push(RegionView {
+                region: m.region.clone(),
+                display_name: m.region.clone(),
+                api_url: meta.api_url.clone(),
+                game_host: meta.game_host.clone(),
+                game_port: meta.game_port,
+                beacon: meta.beacon_addr.map(|b| b.to_string()).unwrap_or_default(),
+                status: "alive".into(),
+                load: Some(meta.load),
+                rtt_ms: m.rtt_ms,
+            });
+        }
+    }
+    // Own region keeps its own view of the API address it serves.
+    if let Some(v) = views.first_mut() {
+        v.api_url = format!(
+            "http://{}:{}",
+            me.public_host,
+            state
+                .cfg
+                .http_addr
+                .map(|a| a.port())
+                .unwrap_or(me.ports.http)
+        );
+        if let Some(b) = &state.beacon {
+            v.beacon = format!("{}:{}", me.public_host, b.local_addr().port());
+        }
+    }
     Json(views)
 }

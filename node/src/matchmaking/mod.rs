@@ -1,0 +1,1 @@
+//! Matchmaking engine (in progress).
