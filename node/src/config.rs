@@ -35,6 +35,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub profiles: ProfileConfig,
     pub mesh: MeshSection,
+    pub economy: EconomySection,
+    pub payments: PaymentsSection,
 }
 
 impl Default for Config {
@@ -56,6 +58,55 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             profiles: ProfileConfig::default(),
             mesh: MeshSection::default(),
+            economy: EconomySection::default(),
+            payments: PaymentsSection::default(),
+        }
+    }
+}
+
+/// Wallets, inventory and the store, on per-shard Raft groups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EconomySection {
+    /// Raft shards; fixed when the store is first created.
+    pub shards: u16,
+    /// How long a write waits for a shard leader before a 503.
+    pub leader_wait_ms: u64,
+    /// How long a write waits for its commit before a 503.
+    pub commit_timeout_ms: u64,
+    /// The store catalog (`[[economy.catalog.items]]`); a small demo catalog
+    /// when empty.
+    pub catalog: meridian_replication::economy::Catalog,
+}
+
+impl Default for EconomySection {
+    fn default() -> Self {
+        Self {
+            shards: meridian_replication::economy::SHARDS_DEFAULT,
+            leader_wait_ms: 2_000,
+            commit_timeout_ms: 5_000,
+            catalog: Default::default(),
+        }
+    }
+}
+
+/// Real-money purchases through a payment gateway. Only the test gateway
+/// (Stripe-like signed webhooks) ships; no card data ever reaches Meridian.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsSection {
+    pub enabled: bool,
+    /// Shared secret for webhook signatures (HMAC-SHA256).
+    pub webhook_secret: Option<String>,
+    pub products: Vec<meridian_replication::economy::PaymentProduct>,
+}
+
+impl Default for PaymentsSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            webhook_secret: None,
+            products: Vec::new(),
         }
     }
 }

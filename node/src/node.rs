@@ -124,6 +124,40 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     if cfg.admin_token.is_none() {
         tracing::info!("no admin token configured: admin endpoints answer 403");
     }
+    let mut catalog_cfg = cfg.economy.catalog.clone();
+    if catalog_cfg.items.is_empty() {
+        catalog_cfg = crate::api::economy::default_catalog();
+    }
+    let economy = meridian_replication::economy::Economy::open(
+        storage.clone(),
+        meridian_replication::economy::EconomyConfig {
+            shards: cfg.economy.shards,
+            catalog: catalog_cfg,
+            leader_wait_ms: cfg.economy.leader_wait_ms,
+            commit_timeout_ms: cfg.economy.commit_timeout_ms,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("opening the economy")?;
+    let payments = if cfg.payments.enabled {
+        let secret = cfg
+            .payments
+            .webhook_secret
+            .clone()
+            .filter(|s| s.len() >= 16)
+            .context(
+                "payments.webhook_secret (16+ characters) is required when payments are enabled",
+            )?;
+        let gateway: Arc<dyn meridian_replication::economy::PaymentGateway> = Arc::new(
+            meridian_replication::economy::TestGateway::new(secret.as_bytes()),
+        );
+        let processor =
+            meridian_replication::economy::WebhookProcessor::new(economy.clone(), gateway.clone());
+        Some((gateway, processor))
+    } else {
+        None
+    };
     let http_port = cfg.http_addr.unwrap_or_else(|| region.http_addr()).port();
     let (mesh, beacon) = if cfg.mesh.enabled {
         let c = crate::cluster::start(&cfg, &region, &catalog, http_port).await?;
@@ -135,6 +169,8 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
         mesh: std::sync::RwLock::new(mesh),
         beacon,
+        economy,
+        payments,
         cfg,
         region,
         catalog,
@@ -225,6 +261,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         mesh.shutdown().await;
         tracing::info!("left the mesh");
     }
+    state.economy.shutdown().await;
     state.storage.flush_blocking()?;
     tracing::info!("storage flushed; bye");
     Ok(())

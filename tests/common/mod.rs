@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const SERVER_TOKEN: &str = "test-server-token-0123456789";
 
+/// Harness-only: a config file passed as `--config` (not given to the node as env).
+pub const TEST_CONFIG_ENV: &str = "TEST_MERIDIAN_CONFIG_FILE";
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -114,14 +117,19 @@ impl Node {
             None => Command::new(env!("CARGO_BIN_EXE_meridian")),
         };
         let region = self.env("MERIDIAN_REGION").unwrap_or("eu-west").to_string();
-        cmd.args(["up", "--region", &region, "--log-format", "json", "--http"])
-            .arg(self.addr.to_string())
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .env_remove("MERIDIAN_LOG")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in &self.envs {
+        if let Some(config) = self.env(TEST_CONFIG_ENV) {
+            cmd.arg("up").arg("--config").arg(config);
+            cmd.args(["--region", &region, "--log-format", "json", "--http"])
+        } else {
+            cmd.args(["up", "--region", &region, "--log-format", "json", "--http"])
+        }
+        .arg(self.addr.to_string())
+        .arg("--data-dir")
+        .arg(&self.data_dir)
+        .env_remove("MERIDIAN_LOG")
+        .stdout(Stdio::null())
+        .stderr(log);
+        for (k, v) in self.envs.iter().filter(|(k, _)| k != TEST_CONFIG_ENV) {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("spawn meridian"));

@@ -7,6 +7,7 @@
 //! error bodies → timeout (408) → concurrency limit → body limit (413).
 
 pub mod auth;
+pub mod economy;
 pub mod mesh;
 pub mod ops;
 pub mod player;
@@ -47,6 +48,12 @@ pub struct AppState {
     /// The region mesh; `None` when disabled or after shutdown left it.
     pub mesh: std::sync::RwLock<Option<meridian_mesh::MeshHandle>>,
     pub beacon: Option<meridian_mesh::beacon::BeaconServer>,
+    pub economy: meridian_replication::economy::Economy,
+    /// The payment gateway and its webhook processor, when payments are on.
+    pub payments: Option<(
+        Arc<dyn meridian_replication::economy::PaymentGateway>,
+        meridian_replication::economy::WebhookProcessor,
+    )>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -74,6 +81,7 @@ pub fn router(state: Shared) -> Router {
         .merge(telemetry::routes())
         .merge(ops::routes())
         .merge(mesh::routes())
+        .merge(economy::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(limits.http_body_max_bytes))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.http_body_max_bytes))
