@@ -27,6 +27,8 @@ fn every_bot_scenario_runs_without_errors() {
             .arg(node.url())
             .arg("--json")
             .arg(&out)
+            .arg("--server-token")
+            .arg(SERVER_TOKEN)
             .status()
             .unwrap();
         assert!(status.success(), "{scenario}: bots exited {status}");

@@ -272,7 +272,13 @@ pub struct Overrides {
 }
 
 /// Environment variables that start with `MERIDIAN_` but are not config keys.
-const ENV_NOT_CONFIG: &[&str] = &["MERIDIAN_LOG", "MERIDIAN_RATE_LIMITS", "MERIDIAN_BIN"];
+const ENV_NOT_CONFIG: &[&str] = &[
+    "MERIDIAN_LOG",
+    "MERIDIAN_RATE_LIMITS",
+    "MERIDIAN_BIN",
+    "MERIDIAN_BOTS_SERVER_TOKEN",
+    "MERIDIAN_REQUIRE_NETNS",
+];
 
 /// Load: file (optional) → environment → flags.
 pub fn load(

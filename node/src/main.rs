@@ -62,6 +62,9 @@ enum Command {
         /// No live progress line.
         #[arg(long)]
         quiet: bool,
+        /// A `server` role token (needed by the economy scenario to grant coins).
+        #[arg(long, env = "MERIDIAN_BOTS_SERVER_TOKEN")]
+        server_token: Option<String>,
     },
     /// Cluster PKI: the CA and node certificates for the mesh's mutual TLS.
     Certs {
@@ -195,6 +198,7 @@ fn main() -> std::process::ExitCode {
             json,
             allow_remote,
             quiet,
+            server_token,
         } => {
             let duration = match meridian_sim::bots::parse_duration(&duration) {
                 Ok(d) => d,
@@ -217,6 +221,7 @@ fn main() -> std::process::ExitCode {
                 concurrency,
                 allow_remote,
                 progress: !quiet,
+                server_token,
             };
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

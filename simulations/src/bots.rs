@@ -26,7 +26,9 @@ pub const OPEN_LOOP_INFLIGHT_MAX: usize = 20_000;
 /// Players set up at once before the run.
 const SETUP_CONCURRENCY: usize = 64;
 
-pub const SCENARIOS: &[&str] = &["login-storm", "profile-read", "telemetry"];
+pub const SCENARIOS: &[&str] = &["login-storm", "profile-read", "telemetry", "economy"];
+/// Coins each economy bot is granted at setup.
+pub const ECONOMY_SETUP_COINS: i64 = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub struct BotConfig {
@@ -39,6 +41,8 @@ pub struct BotConfig {
     pub concurrency: usize,
     pub allow_remote: bool,
     pub progress: bool,
+    /// Bearer token with the `server` role (grants for the economy scenario).
+    pub server_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,11 @@ impl BotConfig {
             if r == 0 || r > RATE_MAX_PER_S {
                 return e(format!("--rate: must be 1..={RATE_MAX_PER_S}"));
             }
+        }
+        if self.scenario == "economy" && self.server_token.is_none() {
+            return e(
+                "--server-token: the economy scenario grants coins with a server token".into(),
+            );
         }
         if self.concurrency == 0 || self.concurrency > CONCURRENCY_MAX {
             return e(format!("--concurrency: must be 1..={CONCURRENCY_MAX}"));
@@ -264,6 +273,20 @@ async fn setup_player(ctx: &Ctx, i: usize) -> Result<Player, String> {
         json!({"device_id": format!("bot-{}-{i}", ctx.run_id)})
     };
     let r = post(ctx, target, "/auth/device", None, &body).await?;
+    if ctx.cfg.scenario == "economy" {
+        let grant = json!({
+            "player_id": r["player_id"], "currency": "coins", "amount": ECONOMY_SETUP_COINS,
+            "reason": "bots", "idempotency_key": format!("bots-{}-{i}", ctx.run_id)
+        });
+        post(
+            ctx,
+            target,
+            "/economy/grant",
+            ctx.cfg.server_token.as_deref(),
+            &grant,
+        )
+        .await?;
+    }
     Ok(Player {
         target,
         username,
@@ -333,6 +356,21 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
             {
                 Ok(_) => ctx.rec.ok("telemetry_batch20", intended.elapsed()),
                 Err(code) => ctx.rec.err("telemetry_batch20", code),
+            }
+        }
+        "economy" => {
+            let body = json!({"item_id": "potion", "quantity": 1, "currency": "coins", "idempotency_key": format!("{}-{n}", ctx.run_id)});
+            match post(
+                ctx,
+                player.target,
+                "/store/purchase",
+                Some(&player.token),
+                &body,
+            )
+            .await
+            {
+                Ok(_) => ctx.rec.ok("purchase", intended.elapsed()),
+                Err(code) => ctx.rec.err("purchase", code),
             }
         }
         _ => ctx.rec.err("unknown", "scenario".into()),
@@ -501,6 +539,7 @@ mod tests {
             concurrency: 4,
             allow_remote: false,
             progress: false,
+            server_token: None,
         }
     }
 
@@ -537,5 +576,12 @@ mod tests {
         let mut c = cfg();
         c.rate = Some(0);
         assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.scenario = "economy".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--server-token"));
     }
 }
