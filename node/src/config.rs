@@ -37,6 +37,9 @@ pub struct Config {
     pub mesh: MeshSection,
     pub economy: EconomySection,
     pub payments: PaymentsSection,
+    /// Boards (`[[leaderboards.boards]]`) and the XP level curve; a few demo
+    /// boards when none are configured.
+    pub leaderboards: meridian_replication::leaderboard::LeaderboardConfig,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             mesh: MeshSection::default(),
             economy: EconomySection::default(),
             payments: PaymentsSection::default(),
+            leaderboards: Default::default(),
         }
     }
 }
@@ -92,23 +96,13 @@ impl Default for EconomySection {
 
 /// Real-money purchases through a payment gateway. Only the test gateway
 /// (Stripe-like signed webhooks) ships; no card data ever reaches Meridian.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PaymentsSection {
     pub enabled: bool,
     /// Shared secret for webhook signatures (HMAC-SHA256).
     pub webhook_secret: Option<String>,
     pub products: Vec<meridian_replication::economy::PaymentProduct>,
-}
-
-impl Default for PaymentsSection {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            webhook_secret: None,
-            products: Vec::new(),
-        }
-    }
 }
 
 /// The region mesh (SWIM over mutually authenticated QUIC).

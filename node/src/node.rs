@@ -158,6 +158,26 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     } else {
         None
     };
+    let mut lb_cfg = cfg.leaderboards.clone();
+    if lb_cfg.boards.is_empty() {
+        lb_cfg.boards = crate::api::leaderboards::default_boards();
+    }
+    let lb_storage = storage.clone();
+    let node_id = meridian_replication::crdt::node_id_from_name(&cfg.node_name());
+    let lb_region = region.name.clone();
+    let started = std::time::Instant::now();
+    let leaderboards = tokio::task::spawn_blocking(move || {
+        meridian_replication::leaderboard::LeaderboardEngine::open(
+            lb_storage, &lb_cfg, node_id, &lb_region,
+        )
+    })
+    .await
+    .context("leaderboard rebuild task")?
+    .context("opening the leaderboards")?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "leaderboard indexes rebuilt"
+    );
     let http_port = cfg.http_addr.unwrap_or_else(|| region.http_addr()).port();
     let (mesh, beacon) = if cfg.mesh.enabled {
         let c = crate::cluster::start(&cfg, &region, &catalog, http_port).await?;
@@ -170,6 +190,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         mesh: std::sync::RwLock::new(mesh),
         beacon,
         economy,
+        leaderboards,
         payments,
         cfg,
         region,

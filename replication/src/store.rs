@@ -85,8 +85,12 @@ pub trait Store: Send + Sync + 'static {
     /// Keys in `[from, to)` in ascending order, at most `limit`.
     fn range(&self, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Vec<Kv>, StoreError>;
     /// Keys in `[from, to)` in descending order, at most `limit`.
-    fn range_rev(&self, from: &[u8], to: Option<&[u8]>, limit: usize)
-        -> Result<Vec<Kv>, StoreError>;
+    fn range_rev(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Kv>, StoreError>;
     /// Apply the batch atomically if every check holds, else `Conflict`.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Make every completed commit durable (fsync).
@@ -154,7 +158,12 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Kv>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.range::<&[u8], _>(bounds(from, to)).rev().take(limit) {
+        for item in self
+            .db
+            .range::<&[u8], _>(bounds(from, to))
+            .rev()
+            .take(limit)
+        {
             let (k, v) = item.map_err(backend)?;
             out.push((k.to_vec(), v.to_vec()));
         }
@@ -224,7 +233,9 @@ impl Storage {
         let flusher_store = store.clone();
         tokio::spawn(async move {
             loop {
-                let Some(gc) = flusher_gc.upgrade() else { return };
+                let Some(gc) = flusher_gc.upgrade() else {
+                    return;
+                };
                 let target = gc.written.load(Ordering::Acquire);
                 if target > *gc.durable.borrow() {
                     let s = flusher_store.clone();
@@ -242,11 +253,9 @@ impl Storage {
                 }
                 // Wake on a new write; the timeout lets a dropped Storage end
                 // the task (notify_one keeps a permit, so no wake-up is lost).
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(500),
-                    gc.wake.notified(),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(500), gc.wake.notified())
+                        .await;
             }
         });
         Self { store, gc }
@@ -272,7 +281,12 @@ impl Storage {
         self.store.range(prefix, end.as_deref(), limit)
     }
 
-    pub fn range(&self, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Vec<Kv>, StoreError> {
+    pub fn range(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Kv>, StoreError> {
         self.store.range(from, to, limit)
     }
 
@@ -328,7 +342,9 @@ mod tests {
     async fn batch_checks_are_atomic() {
         let (_d, s) = open();
         let mut b = Batch::new();
-        b.require_absent("user/alice").put("user/alice", "1").put("acct/1", "a");
+        b.require_absent("user/alice")
+            .put("user/alice", "1")
+            .put("acct/1", "a");
         s.commit(&b).await.unwrap();
         // Same batch again: the check fails and nothing is written.
         let mut b2 = Batch::new();

@@ -360,7 +360,7 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
         }
         "economy" => {
             let body = json!({"item_id": "potion", "quantity": 1, "currency": "coins", "idempotency_key": format!("{}-{n}", ctx.run_id)});
-            match post(
+            let receipt = match post(
                 ctx,
                 player.target,
                 "/store/purchase",
@@ -369,8 +369,33 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
             )
             .await
             {
-                Ok(_) => ctx.rec.ok("purchase", intended.elapsed()),
-                Err(code) => ctx.rec.err("purchase", code),
+                Ok(r) => {
+                    ctx.rec.ok("purchase", intended.elapsed());
+                    r
+                }
+                Err(code) => return ctx.rec.err("purchase", code),
+            };
+            // Use what was bought, like a player, so stacks stay under their limit.
+            let Some(stack) = receipt["items"]
+                .as_array()
+                .and_then(|items| items.first())
+                .and_then(|i| i["id"].as_str())
+            else {
+                return ctx.rec.err("consume", "no_item_in_receipt".into());
+            };
+            let t = Instant::now();
+            let body = json!({"quantity": 1, "idempotency_key": format!("{}-{n}-use", ctx.run_id)});
+            match post(
+                ctx,
+                player.target,
+                &format!("/inventory/me/items/{stack}/consume"),
+                Some(&player.token),
+                &body,
+            )
+            .await
+            {
+                Ok(_) => ctx.rec.ok("consume", t.elapsed()),
+                Err(code) => ctx.rec.err("consume", code),
             }
         }
         _ => ctx.rec.err("unknown", "scenario".into()),

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod economy;
+pub mod leaderboards;
 pub mod mesh;
 pub mod ops;
 pub mod player;
@@ -49,6 +50,7 @@ pub struct AppState {
     pub mesh: std::sync::RwLock<Option<meridian_mesh::MeshHandle>>,
     pub beacon: Option<meridian_mesh::beacon::BeaconServer>,
     pub economy: meridian_replication::economy::Economy,
+    pub leaderboards: meridian_replication::leaderboard::LeaderboardEngine,
     /// The payment gateway and its webhook processor, when payments are on.
     pub payments: Option<(
         Arc<dyn meridian_replication::economy::PaymentGateway>,
@@ -82,6 +84,7 @@ pub fn router(state: Shared) -> Router {
         .merge(ops::routes())
         .merge(mesh::routes())
         .merge(economy::routes())
+        .merge(leaderboards::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(limits.http_body_max_bytes))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.http_body_max_bytes))

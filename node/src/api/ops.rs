@@ -32,6 +32,8 @@ pub fn routes() -> Router<Shared> {
         super::economy::wallet, super::economy::inventory, super::economy::catalog, super::economy::purchase,
         super::economy::grant, super::economy::transfer, super::economy::consume, super::economy::equip,
         super::economy::transactions, super::economy::create_intent, super::economy::webhook, super::economy::shards,
+        super::leaderboards::list, super::leaderboards::read, super::leaderboards::player_rank, super::leaderboards::submit,
+        super::leaderboards::add_board, super::leaderboards::update_stats,
     ),
     modifiers(&BearerAuth)
 )]
@@ -62,12 +64,19 @@ pub struct Progress {
     pub stats: serde_json::Value,
 }
 
-pub fn progress(_state: &Shared, _player_id: &str) -> Result<Progress, ApiError> {
-    // TODO(stats): wire the stats engine.
+pub fn progress(state: &Shared, player_id: &str) -> Result<Progress, ApiError> {
+    let id = uuid::Uuid::parse_str(player_id)
+        .map_err(|_| ApiError::invalid("player_id", "not a player id (UUID)"))?;
+    let s = state.leaderboards.player_stats(id)?;
     Ok(Progress {
-        level: 1,
-        xp: 0,
-        stats: serde_json::json!({}),
+        level: s.level,
+        xp: s.xp.min(i64::MAX as u64) as i64,
+        stats: serde_json::json!({
+            "counters": s.counters,
+            "maxima": s.maxima,
+            "achievements": s.achievements,
+            "next_level_xp": s.next_level_xp,
+        }),
     })
 }
 

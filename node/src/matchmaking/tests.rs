@@ -471,3 +471,77 @@ fn tick_throughput() {
         assert!(matched > n / 2);
     }
 }
+
+/// Steady load in simulated time: arrivals at a fixed rate, a tick every
+/// 200 ms; prints time-to-match p50/p99 and the tick cost. Run with
+/// `cargo test -p meridian --lib matchmaking -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn steady_load_time_to_match() {
+    for (name, teams, team_size, per_s) in [("duel", 2, 1, 500u32), ("5v5", 2, 5, 1000)] {
+        let mut m = mode(name, teams, team_size);
+        m.queue_tickets_max = 1_000_000;
+        m.max_wait_s = 120;
+        m.skill_window_start = 50.0;
+        m.skill_window_widen_per_s = 25.0;
+        let mut mm = engine(vec![m]);
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(200);
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut enq = std::collections::HashMap::new();
+        let mut waits = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        let mut tick_ns = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        let ticks = 300; // 60 s
+        let per_tick = per_s as usize / 5;
+        let mut expired = 0;
+        for k in 1..=ticks {
+            let now = t0 + tick * k;
+            for i in 0..per_tick {
+                // Arrivals spread evenly over the last tick interval.
+                let at = now - tick + tick * i as u32 / per_tick as u32;
+                let p = uuid::Uuid::new_v4();
+                // Roughly bell-shaped ratings around 1500.
+                let r = 1500.0 + ((rnd() % 400) as f64 - 200.0) + ((rnd() % 400) as f64 - 200.0);
+                mm.ratings_mut().set(name, p, r);
+                let region = ["eu", "us", "ap"][(rnd() % 3) as usize];
+                let t = mm
+                    .submit(
+                        TicketRequest {
+                            players: vec![p],
+                            mode: name.into(),
+                            latencies_ms: lat(&[(region, (rnd() % 60) as f64), ("eu", 90.0)]),
+                        },
+                        at,
+                    )
+                    .unwrap();
+                enq.insert(t, at);
+            }
+            let s = Instant::now();
+            let rep = mm.tick(now);
+            tick_ns.record(s.elapsed().as_nanos() as u64).unwrap();
+            expired += rep.expired.len();
+            for m in rep.matches {
+                for t in m.tickets {
+                    let w = now.duration_since(enq.remove(&t).unwrap());
+                    waits.record(w.as_millis() as u64).unwrap();
+                }
+            }
+        }
+        println!(
+            "{name}: {per_s} tickets/s arriving, tick every 200 ms for 60 s: time-to-match p50={} ms p99={} ms max={} ms; matched {} expired {expired} still queued {}; tick p50={:.2} ms p99={:.2} ms",
+            waits.value_at_quantile(0.5),
+            waits.value_at_quantile(0.99),
+            waits.max(),
+            waits.len(),
+            mm.queue_len(name).unwrap(),
+            tick_ns.value_at_quantile(0.5) as f64 / 1e6,
+            tick_ns.value_at_quantile(0.99) as f64 / 1e6,
+        );
+    }
+}
