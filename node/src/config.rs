@@ -40,6 +40,10 @@ pub struct Config {
     /// Boards (`[[leaderboards.boards]]`) and the XP level curve; a few demo
     /// boards when none are configured.
     pub leaderboards: meridian_replication::leaderboard::LeaderboardConfig,
+    /// Game modes, matcher cadence and match rewards.
+    pub matchmaking: crate::games::GamesConfig,
+    /// The embedded game-server fleet.
+    pub dgs: crate::games::DgsConfig,
 }
 
 impl Default for Config {
@@ -64,6 +68,8 @@ impl Default for Config {
             economy: EconomySection::default(),
             payments: PaymentsSection::default(),
             leaderboards: Default::default(),
+            matchmaking: Default::default(),
+            dgs: Default::default(),
         }
     }
 }

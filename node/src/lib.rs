@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod games;
 pub mod matchmaking;
 pub mod node;
 pub mod profiles;

@@ -179,6 +179,15 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         "leaderboard indexes rebuilt"
     );
     let http_port = cfg.http_addr.unwrap_or_else(|| region.http_addr()).port();
+    let game_addr = cfg.game_addr.unwrap_or_else(|| region.game_addr());
+    let (games, reports) = crate::games::Games::start(
+        &region.name,
+        &region.public_host,
+        game_addr,
+        cfg.matchmaking.clone(),
+        &cfg.dgs,
+    )
+    .await?;
     let (mesh, beacon) = if cfg.mesh.enabled {
         let c = crate::cluster::start(&cfg, &region, &catalog, http_port).await?;
         (Some(c.mesh), Some(c.beacon))
@@ -186,11 +195,12 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         tracing::info!("mesh disabled (mesh.enabled = false): single-node mode");
         (None, None)
     };
-    Ok(Arc::new(AppState {
+    let state = Arc::new(AppState {
         mesh: std::sync::RwLock::new(mesh),
         beacon,
         economy,
         leaderboards,
+        games,
         payments,
         cfg,
         region,
@@ -202,7 +212,27 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         limiter,
         metrics: install_metrics()?,
         ready: false.into(),
-    }))
+    });
+    // Matcher passes and session reports.
+    let tick_state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            tick_state.games.config().tick_interval_ms,
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            tick_state.games.tick();
+        }
+    });
+    let report_state = state.clone();
+    let mut reports = reports;
+    tokio::spawn(async move {
+        while let Some(r) = reports.recv().await {
+            report_state.games.apply_report(&report_state, r).await;
+        }
+    });
+    Ok(state)
 }
 
 async fn shutdown_signal() {
@@ -276,6 +306,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             while state.is_ready() { tokio::time::sleep(Duration::from_millis(50)).await; }
             tokio::time::sleep(drain_timeout).await;
         } => tracing::warn!("drain timeout: closing with requests in flight"),
+    }
+    // Game servers: no new allocations; running matches finish or hit the deadline.
+    {
+        use meridian_dgs::orchestrator::Orchestrator;
+        let deadline = Duration::from_secs(state.cfg.dgs.drain_deadline_s);
+        state.games.orchestrator().drain(deadline);
+        if tokio::time::timeout(
+            deadline + Duration::from_secs(2),
+            state.games.orchestrator().drained(),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("game servers did not drain in time");
+        }
+        // Let the last session reports be applied.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mesh = state.mesh.write().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(mesh) = mesh {

@@ -81,6 +81,10 @@ impl Node {
                 format!("127.0.0.1:{}", free_udp_port()),
             ),
             (
+                "MERIDIAN_GAME_ADDR".to_string(),
+                format!("127.0.0.1:{}", free_udp_port()),
+            ),
+            (
                 "MERIDIAN_MESH__SEED_CATALOG".to_string(),
                 "false".to_string(),
             ),

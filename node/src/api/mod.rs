@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod economy;
+pub mod games;
 pub mod leaderboards;
 pub mod mesh;
 pub mod ops;
@@ -51,6 +52,7 @@ pub struct AppState {
     pub beacon: Option<meridian_mesh::beacon::BeaconServer>,
     pub economy: meridian_replication::economy::Economy,
     pub leaderboards: meridian_replication::leaderboard::LeaderboardEngine,
+    pub games: crate::games::Games,
     /// The payment gateway and its webhook processor, when payments are on.
     pub payments: Option<(
         Arc<dyn meridian_replication::economy::PaymentGateway>,
@@ -85,6 +87,7 @@ pub fn router(state: Shared) -> Router {
         .merge(mesh::routes())
         .merge(economy::routes())
         .merge(leaderboards::routes())
+        .merge(games::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(limits.http_body_max_bytes))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.http_body_max_bytes))
@@ -296,39 +299,44 @@ impl FromRequestParts<Shared> for Caller {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| ApiError::unauthorized("invalid_token", "expected a Bearer token"))?;
-        if let Some(admin) = &state.cfg.admin_token {
-            if ct_eq(token.as_bytes(), admin.as_bytes()) {
-                return Ok(Caller::Admin);
-            }
-        }
-        if state
-            .cfg
-            .auth
-            .server_tokens
-            .iter()
-            .any(|t| ct_eq(token.as_bytes(), t.as_bytes()))
-        {
-            return Ok(Caller::Server);
-        }
-        use crate::auth::tokens::TokenError;
-        let claims = state.accounts.keys().verify(token).map_err(|e| match e {
-            TokenError::Expired => {
-                ApiError::unauthorized("token_expired", "access token expired; refresh it")
-            }
-            other => ApiError::unauthorized("invalid_token", other.to_string()),
-        })?;
-        if claims.role != "player" {
-            return Err(ApiError::unauthorized(
-                "invalid_token",
-                "unknown role in token",
-            ));
-        }
-        if state.accounts.login_revoked(&claims.sid) {
-            return Err(ApiError::unauthorized(
-                "token_revoked",
-                "this login was revoked; log in again",
-            ));
-        }
-        Ok(Caller::Player { id: claims.sub })
+        caller_from_token(state, token)
     }
+}
+
+/// Verify a bearer token: admin, server, or a player's access token.
+pub fn caller_from_token(state: &Shared, token: &str) -> Result<Caller, ApiError> {
+    if let Some(admin) = &state.cfg.admin_token {
+        if ct_eq(token.as_bytes(), admin.as_bytes()) {
+            return Ok(Caller::Admin);
+        }
+    }
+    if state
+        .cfg
+        .auth
+        .server_tokens
+        .iter()
+        .any(|t| ct_eq(token.as_bytes(), t.as_bytes()))
+    {
+        return Ok(Caller::Server);
+    }
+    use crate::auth::tokens::TokenError;
+    let claims = state.accounts.keys().verify(token).map_err(|e| match e {
+        TokenError::Expired => {
+            ApiError::unauthorized("token_expired", "access token expired; refresh it")
+        }
+        other => ApiError::unauthorized("invalid_token", other.to_string()),
+    })?;
+    if claims.role != "player" {
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "unknown role in token",
+        ));
+    }
+    if state.accounts.login_revoked(&claims.sid) {
+        return Err(ApiError::unauthorized(
+            "token_revoked",
+            "this login was revoked; log in again",
+        ));
+    }
+    Ok(Caller::Player { id: claims.sub })
 }

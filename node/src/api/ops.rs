@@ -34,6 +34,8 @@ pub fn routes() -> Router<Shared> {
         super::economy::transactions, super::economy::create_intent, super::economy::webhook, super::economy::shards,
         super::leaderboards::list, super::leaderboards::read, super::leaderboards::player_rank, super::leaderboards::submit,
         super::leaderboards::add_board, super::leaderboards::update_stats,
+        super::games::modes, super::games::join, super::games::status, super::games::cancel,
+        super::games::sessions, super::games::queue,
     ),
     modifiers(&BearerAuth)
 )]
@@ -112,6 +114,13 @@ pub async fn readyz(State(state): State<Shared>) -> Result<Json<Health>, ApiErro
 
 pub async fn metrics_text(State(state): State<Shared>) -> impl IntoResponse {
     state.with_mesh(crate::cluster::export_metrics);
+    if let Ok(v) = serde_json::to_value(state.games.orchestrator().server().stats()) {
+        for (k, v) in v.as_object().into_iter().flatten() {
+            if let Some(n) = v.as_u64() {
+                metrics::gauge!("dgs_stat", "counter" => k.clone()).set(n as f64);
+            }
+        }
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,0 +1,615 @@
+//! Matches on this node: the matchmaker ([`crate::matchmaking`]) ticks every
+//! `matchmaking.tick_interval_ms`, formed matches are allocated on the
+//! embedded game-server fleet (`meridian_dgs`), players are told over `/ws`
+//! and `/matchmaking/status`, and each session's report is applied once:
+//! ratings, the results leaderboard, XP/stats and coin rewards.
+//!
+//! Placement: this node places matches in its own region only; a ticket whose
+//! players have no acceptable latency to it is refused (422). Offering
+//! waiting tickets to neighbour regions over the mesh is not built yet.
+
+use crate::api::Shared;
+use crate::matchmaking::{
+    CancelError, JoinError, Matchmaker, MatchmakingConfig, ProposedMatch, TicketRequest,
+    TicketStatus,
+};
+use meridian_dgs::game::MatchSpec;
+use meridian_dgs::orchestrator::{
+    EmbeddedConfig, EmbeddedOrchestrator, Orchestrator, SessionReport,
+};
+use meridian_replication::Batch;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Instant;
+use uuid::Uuid;
+
+/// Pushes buffered for `/ws` subscribers; a slow subscriber skips ahead.
+pub const PUSH_QUEUE_MAX: usize = 4096;
+/// Sessions kept for `/admin/sessions` (oldest finished dropped first).
+pub const SESSIONS_KEPT_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GamesConfig {
+    /// How often the matcher runs (100..=250 ms).
+    pub tick_interval_ms: u64,
+    /// Game modes (`[[matchmaking.modes]]`); demo modes when empty.
+    pub modes: Vec<crate::matchmaking::GameModeConfig>,
+    /// Board that receives each player's match score.
+    pub results_board: String,
+    pub xp_per_match: u64,
+    pub xp_per_win: u64,
+    pub coins_per_match: i64,
+    pub coins_per_win: i64,
+}
+
+impl Default for GamesConfig {
+    fn default() -> Self {
+        Self {
+            tick_interval_ms: 200,
+            modes: Vec::new(),
+            results_board: "arena".into(),
+            xp_per_match: 50,
+            xp_per_win: 100,
+            coins_per_match: 10,
+            coins_per_win: 25,
+        }
+    }
+}
+
+/// The embedded fleet and the reference arena game.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DgsConfig {
+    pub sessions_max: usize,
+    pub warm_pool_slots: usize,
+    pub token_ttl_s: u64,
+    pub match_duration_s: f32,
+    pub tick_rate_hz: u32,
+    /// On SIGTERM, running matches get this long to finish.
+    pub drain_deadline_s: u64,
+}
+
+impl Default for DgsConfig {
+    fn default() -> Self {
+        Self {
+            sessions_max: 256,
+            warm_pool_slots: 32,
+            token_ttl_s: 120,
+            match_duration_s: 60.0,
+            tick_rate_hz: 30,
+            drain_deadline_s: 30,
+        }
+    }
+}
+
+pub fn default_modes() -> Vec<crate::matchmaking::GameModeConfig> {
+    let toml = r#"
+[[modes]]
+name = "duel"
+teams = 2
+team_size = 1
+max_latency_ms = 150
+skill_window_start = 100.0
+skill_window_widen_per_s = 25.0
+max_wait_s = 120
+allow_remote_region = true
+
+[[modes]]
+name = "squad"
+teams = 2
+team_size = 2
+max_latency_ms = 150
+skill_window_start = 150.0
+skill_window_widen_per_s = 25.0
+max_wait_s = 120
+allow_remote_region = true
+
+[[modes]]
+name = "ffa8"
+teams = 8
+team_size = 1
+max_latency_ms = 200
+skill_window_start = 300.0
+skill_window_widen_per_s = 50.0
+max_wait_s = 120
+allow_remote_region = false
+"#;
+    toml::from_str::<MatchmakingConfig>(toml)
+        .expect("built-in modes parse")
+        .modes
+}
+
+/// Where a matched ticket's players go.
+#[derive(Debug, Clone)]
+struct Assignment {
+    session_id: Uuid,
+    host: String,
+    port: u16,
+    players: Vec<Uuid>,
+    tokens: HashMap<Uuid, String>,
+}
+
+/// The seed's GameSession entity, for `/admin/sessions`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GameSession {
+    pub id: String,
+    pub game_mode: String,
+    pub region: String,
+    /// allocated, completed, failed
+    pub status: String,
+    pub start_time: String,
+    pub end_time: Option<String>,
+    pub dedicated_server_ip: String,
+    pub port: u16,
+    pub players: Vec<String>,
+    pub players_connected: usize,
+    pub winner_team: Option<u8>,
+    pub failure: Option<String>,
+}
+
+/// The seed's MatchmakingQueueEntry, for `/admin/matchmaking`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QueueEntry {
+    pub ticket_id: String,
+    pub player_id: String,
+    pub game_mode: String,
+    pub region: String,
+    pub elo_rating: f64,
+    pub queue_time: String,
+}
+
+/// A push to one player over `/ws`.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub player_id: Uuid,
+    pub event: serde_json::Value,
+}
+
+/// (requester, game mode, when queued).
+type Queued = (Uuid, String, chrono::DateTime<chrono::Utc>);
+
+pub struct Games {
+    region: String,
+    cfg: GamesConfig,
+    mm: Mutex<Matchmaker>,
+    orchestrator: EmbeddedOrchestrator,
+    assignments: Mutex<HashMap<Uuid, Assignment>>,
+    /// ticket → (requester, mode, queued at), for the admin queue view.
+    queued: Mutex<BTreeMap<Uuid, Queued>>,
+    sessions: Mutex<BTreeMap<Uuid, GameSession>>,
+    pub push: tokio::sync::broadcast::Sender<Push>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GamesError {
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(transparent)]
+    Cancel(#[from] CancelError),
+    #[error("no such ticket")]
+    UnknownTicket,
+}
+
+/// A ticket's status as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TicketView {
+    pub ticket_id: String,
+    /// searching, matched, cancelled, expired
+    pub status: String,
+    pub game_mode: String,
+    pub waited_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub r#match: Option<serde_json::Value>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Games {
+    /// Build the matchmaker and start the embedded fleet on the game port.
+    pub async fn start(
+        region: &str,
+        public_host: &str,
+        game_addr: std::net::SocketAddr,
+        mut cfg: GamesConfig,
+        dgs: &DgsConfig,
+    ) -> anyhow::Result<(Games, tokio::sync::mpsc::Receiver<SessionReport>)> {
+        if cfg.modes.is_empty() {
+            cfg.modes = default_modes();
+        }
+        if !(100..=250).contains(&cfg.tick_interval_ms) {
+            anyhow::bail!("matchmaking.tick_interval_ms must be 100..=250");
+        }
+        let mm = Matchmaker::new(
+            &MatchmakingConfig {
+                modes: cfg.modes.clone(),
+            },
+            &[region.to_string()],
+            region,
+        )
+        .map_err(|e| anyhow::anyhow!("matchmaking.modes: {e}"))?;
+        let arena = meridian_dgs::arena::ArenaConfig {
+            duration_s: dgs.match_duration_s,
+            tick_rate_hz: dgs.tick_rate_hz,
+            ..Default::default()
+        };
+        let ecfg = EmbeddedConfig {
+            bind: game_addr,
+            public_host: public_host.to_string(),
+            sessions_max: dgs.sessions_max,
+            warm_pool_slots: dgs.warm_pool_slots,
+            token_ttl_s: dgs.token_ttl_s,
+            ..Default::default()
+        };
+        let (orchestrator, reports) = EmbeddedOrchestrator::start(
+            ecfg,
+            meridian_dgs::token::TokenSigner::random(),
+            meridian_dgs::arena::ArenaGame::factory(arena),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("starting game servers on UDP {game_addr}: {e}"))?;
+        let (push, _) = tokio::sync::broadcast::channel(PUSH_QUEUE_MAX);
+        Ok((
+            Games {
+                region: region.to_string(),
+                cfg,
+                mm: Mutex::new(mm),
+                orchestrator,
+                assignments: Mutex::new(HashMap::new()),
+                queued: Mutex::new(BTreeMap::new()),
+                sessions: Mutex::new(BTreeMap::new()),
+                push,
+            },
+            reports,
+        ))
+    }
+
+    pub fn modes(&self) -> &[crate::matchmaking::GameModeConfig] {
+        &self.cfg.modes
+    }
+
+    pub fn config(&self) -> &GamesConfig {
+        &self.cfg
+    }
+
+    pub fn orchestrator(&self) -> &EmbeddedOrchestrator {
+        &self.orchestrator
+    }
+
+    /// Queue a ticket. Only this region's latency is used for placement.
+    pub fn join(
+        &self,
+        players: Vec<Uuid>,
+        mode: &str,
+        latencies: &BTreeMap<String, f64>,
+    ) -> Result<Uuid, GamesError> {
+        for (region, ms) in latencies {
+            if !ms.is_finite() || *ms < 0.0 || *ms > crate::matchmaking::LATENCY_MS_MAX as f64 {
+                return Err(JoinError::InvalidLatency {
+                    region: region.clone(),
+                }
+                .into());
+            }
+        }
+        let local: BTreeMap<String, f64> = latencies
+            .iter()
+            .filter(|(r, _)| **r == self.region)
+            .map(|(r, ms)| (r.clone(), *ms))
+            .collect();
+        if local.is_empty() {
+            return Err(JoinError::UnknownRegion {
+                region: self.region.clone(),
+            }
+            .into());
+        }
+        let requester = players[0];
+        let ticket = lock(&self.mm).submit(
+            TicketRequest {
+                players,
+                mode: mode.to_string(),
+                latencies_ms: local,
+            },
+            Instant::now(),
+        )?;
+        lock(&self.queued).insert(ticket, (requester, mode.to_string(), chrono::Utc::now()));
+        Ok(ticket)
+    }
+
+    pub fn cancel(&self, ticket: Uuid, requester: Uuid) -> Result<(), GamesError> {
+        lock(&self.mm).cancel(ticket, requester, Instant::now())?;
+        lock(&self.queued).remove(&ticket);
+        Ok(())
+    }
+
+    /// A ticket's status, if `player` is on it.
+    pub fn status(&self, ticket: Uuid, player: Uuid) -> Result<TicketView, GamesError> {
+        let info = lock(&self.mm)
+            .ticket(ticket, Instant::now())
+            .ok_or(GamesError::UnknownTicket)?;
+        if !info.players.contains(&player) {
+            return Err(GamesError::UnknownTicket);
+        }
+        let (status, m) = match info.status {
+            TicketStatus::Searching => ("searching", None),
+            TicketStatus::Cancelled => ("cancelled", None),
+            TicketStatus::Expired => ("expired", None),
+            TicketStatus::Matched(_) => {
+                let a = lock(&self.assignments).get(&ticket).cloned();
+                match a {
+                    Some(a) => ("matched", Some(self.match_json(&a, player))),
+                    // Formed this tick, allocation under way.
+                    None => ("searching", None),
+                }
+            }
+        };
+        Ok(TicketView {
+            ticket_id: ticket.to_string(),
+            status: status.into(),
+            game_mode: info.mode,
+            waited_ms: info.waited.as_millis() as u64,
+            r#match: m,
+        })
+    }
+
+    fn match_json(&self, a: &Assignment, player: Uuid) -> serde_json::Value {
+        serde_json::json!({
+            "session_id": a.session_id,
+            "region": self.region,
+            "host": a.host,
+            "port": a.port,
+            "token": a.tokens.get(&player),
+            "players": a.players,
+        })
+    }
+
+    /// One matcher pass: allocate every formed match.
+    pub fn tick(&self) {
+        let report = lock(&self.mm).tick(Instant::now());
+        for t in &report.expired {
+            if let Some((player, mode, _)) = lock(&self.queued).remove(t) {
+                let _ = self.push.send(Push {
+                    player_id: player,
+                    event: serde_json::json!({"type": "ticket_expired", "ticket_id": t, "game_mode": mode}),
+                });
+            }
+        }
+        for m in report.matches {
+            self.allocate(m);
+        }
+    }
+
+    fn allocate(&self, m: ProposedMatch) {
+        let spec = MatchSpec {
+            mode: m.mode.clone(),
+            teams: m.teams.clone(),
+        };
+        match self.orchestrator.allocate(spec) {
+            Ok(alloc) => {
+                let players: Vec<Uuid> = m.teams.iter().flatten().copied().collect();
+                let a = Assignment {
+                    session_id: alloc.session_id,
+                    host: alloc.host.clone(),
+                    port: alloc.port,
+                    players: players.clone(),
+                    tokens: alloc
+                        .tokens
+                        .iter()
+                        .map(|(p, t)| (*p, t.to_base64()))
+                        .collect(),
+                };
+                {
+                    let mut assignments = lock(&self.assignments);
+                    let mut queued = lock(&self.queued);
+                    for t in &m.tickets {
+                        assignments.insert(*t, a.clone());
+                        queued.remove(t);
+                    }
+                }
+                self.record_session(GameSession {
+                    id: alloc.session_id.to_string(),
+                    game_mode: m.mode.clone(),
+                    region: self.region.clone(),
+                    status: "allocated".into(),
+                    start_time: rfc3339(chrono::Utc::now()),
+                    end_time: None,
+                    dedicated_server_ip: alloc.host.clone(),
+                    port: alloc.port,
+                    players: players.iter().map(Uuid::to_string).collect(),
+                    players_connected: 0,
+                    winner_team: None,
+                    failure: None,
+                });
+                metrics::counter!("matches_allocated_total", "mode" => m.mode.clone()).increment(1);
+                for p in &players {
+                    let _ = self.push.send(Push {
+                        player_id: *p,
+                        event: serde_json::json!({"type": "match_found", "match": self.match_json(&a, *p)}),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, mode = %m.mode, "allocation failed; tickets requeued");
+                metrics::counter!("matches_allocation_failed_total").increment(1);
+                lock(&self.mm).release_match(&m);
+            }
+        }
+    }
+
+    fn record_session(&self, s: GameSession) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.len() >= SESSIONS_KEPT_MAX {
+            let done = sessions
+                .iter()
+                .find(|(_, v)| v.status != "allocated")
+                .map(|(k, _)| *k);
+            if let Some(k) = done.or_else(|| sessions.keys().next().copied()) {
+                sessions.remove(&k);
+            }
+        }
+        if let Ok(id) = Uuid::parse_str(&s.id) {
+            sessions.insert(id, s);
+        }
+    }
+
+    pub fn sessions(&self, limit: usize) -> Vec<GameSession> {
+        lock(&self.sessions)
+            .values()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn queue(&self, limit: usize) -> Vec<QueueEntry> {
+        let queued: Vec<_> = lock(&self.queued)
+            .iter()
+            .take(limit)
+            .map(|(t, v)| (*t, v.clone()))
+            .collect();
+        let mm = lock(&self.mm);
+        queued
+            .into_iter()
+            .filter_map(|(t, (player, mode, at))| {
+                let info = mm.ticket(t, Instant::now())?;
+                matches!(info.status, TicketStatus::Searching).then(|| QueueEntry {
+                    ticket_id: t.to_string(),
+                    player_id: player.to_string(),
+                    game_mode: mode,
+                    region: self.region.clone(),
+                    elo_rating: info.rating,
+                    queue_time: rfc3339(at),
+                })
+            })
+            .collect()
+    }
+
+    /// Apply one session report exactly once (a durable marker per session).
+    pub async fn apply_report(&self, state: &Shared, report: SessionReport) {
+        let (session_id, players) = match &report {
+            SessionReport::Completed(r) => (
+                r.session_id,
+                r.players.iter().map(|p| p.player_id).collect::<Vec<_>>(),
+            ),
+            SessionReport::Failed {
+                session_id,
+                players,
+                ..
+            } => (*session_id, players.clone()),
+        };
+        let mut marker = Batch::new();
+        let key = format!("match/result/{session_id}");
+        marker
+            .require_absent(key.clone())
+            .put(key, serde_json::to_vec(&report).unwrap_or_default());
+        if let Err(e) = state.storage.commit(&marker).await {
+            tracing::warn!(%session_id, error = %e, "session report already applied or not recorded; skipped");
+            return;
+        }
+        let now = chrono::Utc::now();
+        let ended = rfc3339(now);
+        match &report {
+            SessionReport::Completed(r) => {
+                let teams = r.teams();
+                lock(&self.mm).ratings_mut().record(
+                    &r.mode,
+                    &teams,
+                    r.winner_team.map(usize::from),
+                );
+                for p in &r.players {
+                    let won = r.winner_team == Some(p.team);
+                    if let Err(e) = state
+                        .leaderboards
+                        .submit(
+                            &self.cfg.results_board,
+                            p.player_id,
+                            i64::from(p.score),
+                            now,
+                        )
+                        .await
+                    {
+                        tracing::warn!(player = %p.player_id, error = %e, "results board submit failed");
+                    }
+                    let mut updates = vec![
+                        meridian_replication::leaderboard::StatUpdate::Xp {
+                            amount: self.cfg.xp_per_match
+                                + if won { self.cfg.xp_per_win } else { 0 },
+                        },
+                        meridian_replication::leaderboard::StatUpdate::Add {
+                            name: "matches_played".into(),
+                            delta: 1,
+                        },
+                        meridian_replication::leaderboard::StatUpdate::Add {
+                            name: "kills".into(),
+                            delta: i64::from(p.kills),
+                        },
+                    ];
+                    if won {
+                        updates.push(meridian_replication::leaderboard::StatUpdate::Add {
+                            name: "wins".into(),
+                            delta: 1,
+                        });
+                    }
+                    if let Err(e) = state
+                        .leaderboards
+                        .update_stats(p.player_id, &updates, now)
+                        .await
+                    {
+                        tracing::warn!(player = %p.player_id, error = %e, "stats update failed");
+                    }
+                    let coins =
+                        self.cfg.coins_per_match + if won { self.cfg.coins_per_win } else { 0 };
+                    if coins > 0 {
+                        let grant = meridian_replication::economy::GrantRequest {
+                            player_id: p.player_id.to_string(),
+                            currency: Some("coins".into()),
+                            amount: Some(coins),
+                            item_id: None,
+                            quantity: None,
+                            reason: format!("match {session_id}"),
+                            idempotency_key: format!("match:{session_id}"),
+                            payment_gateway_ref: None,
+                        };
+                        if let Err(e) = state.economy.grant(grant).await {
+                            tracing::warn!(player = %p.player_id, error = %e, "match reward failed");
+                        }
+                    }
+                }
+                if let Some(s) = lock(&self.sessions).get_mut(&session_id) {
+                    s.status = "completed".into();
+                    s.end_time = Some(ended.clone());
+                    s.players_connected = r.players.iter().filter(|p| p.connected).count();
+                    s.winner_team = r.winner_team;
+                }
+                metrics::counter!("matches_completed_total", "mode" => r.mode.clone()).increment(1);
+                for p in &players {
+                    let _ = self.push.send(Push {
+                        player_id: *p,
+                        event: serde_json::json!({"type": "match_ended", "session_id": session_id, "status": "completed", "result": r}),
+                    });
+                }
+            }
+            SessionReport::Failed { reason, .. } => {
+                if let Some(s) = lock(&self.sessions).get_mut(&session_id) {
+                    s.status = "failed".into();
+                    s.end_time = Some(ended);
+                    s.failure = Some(format!("{reason:?}"));
+                }
+                metrics::counter!("matches_failed_total").increment(1);
+                for p in &players {
+                    let _ = self.push.send(Push {
+                        player_id: *p,
+                        event: serde_json::json!({"type": "match_ended", "session_id": session_id, "status": "failed", "reason": format!("{reason:?}")}),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Full matches through the real binary: 100 players queue in three modes,
+//! are matched into the right team sizes, connect to the node's game port
+//! over UDP with their session tokens, play the arena game to the end, and
+//! the results reach leaderboards, XP/stats and wallets exactly once.
+
+mod common;
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const MATCH_S: f32 = 3.0;
+
+async fn get(url: String, token: &str) -> (u16, Value) {
+    let (s, _, b) = call(
+        client()
+            .get(url)
+            .header("authorization", format!("Bearer {token}")),
+    )
+    .await;
+    (s, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_bots_play_full_matches_and_results_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[("MERIDIAN_DGS__MATCH_DURATION_S", "3")]);
+    let base = node.url();
+    let (_, _, modes) = call(client().get(format!("{base}/matchmaking/modes"))).await;
+    let size_of: BTreeMap<String, u64> = modes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["players_per_match"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        (size_of["duel"], size_of["squad"], size_of["ffa8"]),
+        (2, 4, 8)
+    );
+
+    // 44 duel + 40 squad + 16 ffa8 = 100 players.
+    let plan: Vec<&str> = std::iter::repeat_n("duel", 44)
+        .chain(std::iter::repeat_n("squad", 40))
+        .chain(std::iter::repeat_n("ffa8", 16))
+        .collect();
+    let mut players = Vec::new();
+    for (i, mode) in plan.iter().enumerate() {
+        let (s, _, b) = call(
+            client()
+                .post(format!("{base}/auth/device"))
+                .json(&json!({"device_id": format!("match-bot-{i:04}")})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        players.push((
+            b["player_id"].as_str().unwrap().to_string(),
+            b["access_token"].as_str().unwrap().to_string(),
+            *mode,
+        ));
+    }
+    let mut tickets = Vec::new();
+    for (_, token, mode) in &players {
+        let (s, _, b) = call(
+            client()
+                .post(format!("{base}/matchmaking/join"))
+                .header("authorization", format!("Bearer {token}"))
+                .json(&json!({
+                    "game_mode": mode, "latencies": {"eu-west": 20.0, "us-east": 90.0}
+                })),
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+        tickets.push(b["ticket_id"].as_str().unwrap().to_string());
+    }
+    // A second ticket for a queued player is refused.
+    let (s, _, b) = call(
+        client()
+            .post(format!("{base}/matchmaking/join"))
+            .header("authorization", format!("Bearer {}", players[0].1))
+            .json(&json!({
+                "game_mode": "duel", "latencies": {"eu-west": 20.0}
+            })),
+    )
+    .await;
+    match s {
+        409 => assert_eq!(error_code(&b), "already_queued"),
+        // The first ticket was already matched: this one is a new search; withdraw it.
+        202 => {
+            let (s, _, _) = call(
+                client()
+                    .delete(format!(
+                        "{base}/matchmaking/tickets/{}",
+                        b["ticket_id"].as_str().unwrap()
+                    ))
+                    .header("authorization", format!("Bearer {}", players[0].1)),
+            )
+            .await;
+            assert_eq!(s, 204);
+        }
+        other => panic!("{other}: {b}"),
+    }
+
+    // Everyone matched, into whole matches of the right size.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut matches: Vec<Value> = vec![Value::Null; players.len()];
+    while matches.iter().any(Value::is_null) {
+        assert!(Instant::now() < deadline, "not everyone was matched");
+        for (i, (_, token, _)) in players.iter().enumerate() {
+            if matches[i].is_null() {
+                let (s, b) = get(
+                    format!("{base}/matchmaking/status?ticket_id={}", tickets[i]),
+                    token,
+                )
+                .await;
+                assert_eq!(s, 200, "{b}");
+                if b["status"] == "matched" {
+                    matches[i] = b["match"].clone();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut sessions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (i, m) in matches.iter().enumerate() {
+        let members: BTreeSet<String> = m["players"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            members.len() as u64,
+            size_of[players[i].2],
+            "team size for {}: {m}",
+            players[i].2
+        );
+        assert!(members.contains(&players[i].0));
+        let prev = sessions.insert(
+            m["session_id"].as_str().unwrap().to_string(),
+            members.clone(),
+        );
+        assert!(
+            prev.is_none() || prev == Some(members),
+            "a session with two rosters"
+        );
+    }
+    assert_eq!(sessions.len(), 22 + 10 + 2);
+
+    // Play: every bot connects with its token over UDP and plays to the end.
+    let cfg = meridian_dgs::bot::BotConfig {
+        arena: meridian_dgs::arena::ArenaConfig {
+            duration_s: MATCH_S,
+            ..Default::default()
+        },
+        match_timeout_ms: 30_000,
+        ..Default::default()
+    };
+    let outcomes: Vec<_> = futures::stream::iter(matches.iter().enumerate())
+        .map(|(i, m)| {
+            let cfg = cfg.clone();
+            let addr: std::net::SocketAddr =
+                format!("{}:{}", m["host"].as_str().unwrap(), m["port"])
+                    .parse()
+                    .unwrap();
+            let token =
+                meridian_dgs::token::SessionToken::from_base64(m["token"].as_str().unwrap())
+                    .unwrap();
+            async move { (i, meridian_dgs::bot::run_bot(addr, &token, &cfg).await) }
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let mut won = vec![false; players.len()];
+    for (i, o) in outcomes {
+        let o = o.unwrap_or_else(|e| panic!("bot {i}: {e}"));
+        match o.end {
+            meridian_dgs::bot::BotEnd::Ended { winner_team, .. } => {
+                won[i] = winner_team == Some(o.team)
+            }
+            other => panic!("bot {i} did not finish: {other:?}"),
+        }
+    }
+
+    // Results applied: sessions completed, then XP, stats, coins and board entries exactly once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list) = get(format!("{base}/admin/sessions?limit=1000"), ADMIN_TOKEN).await;
+        let done = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["status"] == "completed")
+            .count();
+        if done == sessions.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions not completed: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, (pid, token, _)) in players.iter().enumerate() {
+        let (_, prof) = get(format!("{base}/player/{pid}/profile"), token).await;
+        let expected_xp = 50 + if won[i] { 100 } else { 0 };
+        assert_eq!(prof["xp"], expected_xp, "player {i} xp: {prof}");
+        assert_eq!(
+            prof["stats"]["counters"]["matches_played"], 1,
+            "player {i}: {prof}"
+        );
+        let (_, w) = get(format!("{base}/wallet/me"), token).await;
+        assert_eq!(
+            w["balances"]["coins"],
+            10 + if won[i] { 25 } else { 0 },
+            "player {i} coins: {w}"
+        );
+        let (s, e) = get(format!("{base}/leaderboards/arena/players/{pid}"), token).await;
+        assert_eq!(s, 200, "player {i} not on the results board: {e}");
+    }
+    // Admin views of the seed's entities.
+    let (s, q) = get(format!("{base}/admin/matchmaking"), ADMIN_TOKEN).await;
+    assert_eq!(s, 200);
+    assert_eq!(q.as_array().unwrap().len(), 0, "queue should be empty: {q}");
+}
+
+#[tokio::test]
+async fn ticket_errors_and_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let base = node.url();
+    let a = register(&base, "queue_a1", "queue password a").await;
+    let b = register(&base, "queue_b2", "queue password b").await;
+    let (ta, tb) = (
+        a["access_token"].as_str().unwrap(),
+        b["access_token"].as_str().unwrap(),
+    );
+    let join = |token: &str, body: Value| {
+        client()
+            .post(format!("{base}/matchmaking/join"))
+            .header("authorization", format!("Bearer {token}"))
+            .json(&body)
+    };
+    let cases = [
+        (
+            json!({"game_mode": "nope", "latencies": {"eu-west": 10}}),
+            404,
+            "unknown_mode",
+        ),
+        (
+            json!({"game_mode": "duel", "latencies": {"eu-west": -5}}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"game_mode": "duel", "latencies": {"eu-west": 1e12}}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"game_mode": "duel", "latencies": {}}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"game_mode": "duel", "latencies": {"eu-west": 900}}),
+            422,
+            "no_region_within_latency",
+        ),
+        (
+            json!({"game_mode": "duel", "latencies": {"eu-west": "fast"}}),
+            400,
+            "invalid_field",
+        ),
+        (json!({"game_mode": "duel"}), 400, "invalid_field"),
+        (
+            json!({"game_mode": "duel", "latencies": {"eu-west": 10}, "party": ["not-a-uuid"]}),
+            400,
+            "invalid_field",
+        ),
+    ];
+    for (i, (body, status, code)) in cases.into_iter().enumerate() {
+        let (s, _, e) = call(join(ta, body)).await;
+        assert_eq!(
+            (s, error_code(&e)),
+            (status, code.to_string()),
+            "case {i}: {e}"
+        );
+    }
+    let (s, _, t) = call(join(
+        ta,
+        json!({"game_mode": "ffa8", "latencies": {"eu-west": 10}}),
+    ))
+    .await;
+    assert_eq!(s, 202, "{t}");
+    let ticket = t["ticket_id"].as_str().unwrap();
+    let (s, _, e) = call(join(
+        ta,
+        json!({"game_mode": "duel", "latencies": {"eu-west": 10}}),
+    ))
+    .await;
+    assert_eq!((s, error_code(&e).as_str()), (409, "already_queued"));
+    // Someone else's ticket: not visible, not cancellable.
+    let (s, _) = get(format!("{base}/matchmaking/status?ticket_id={ticket}"), tb).await;
+    assert_eq!(s, 404);
+    let (s, _, _) = call(
+        client()
+            .delete(format!("{base}/matchmaking/tickets/{ticket}"))
+            .header("authorization", format!("Bearer {tb}")),
+    )
+    .await;
+    assert!(s == 403 || s == 404, "{s}");
+    let (s, st) = get(format!("{base}/matchmaking/status?ticket_id={ticket}"), ta).await;
+    assert_eq!((s, st["status"].as_str()), (200, Some("searching")));
+    let (s, _, _) = call(
+        client()
+            .delete(format!("{base}/matchmaking/tickets/{ticket}"))
+            .header("authorization", format!("Bearer {ta}")),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (_, st) = get(format!("{base}/matchmaking/status?ticket_id={ticket}"), ta).await;
+    assert_eq!(st["status"], "cancelled");
+    // Servers cannot queue; unknown ticket ids are 400/404.
+    let (s, _, _) = call(join(
+        SERVER_TOKEN,
+        json!({"game_mode": "duel", "latencies": {"eu-west": 10}}),
+    ))
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = get(format!("{base}/matchmaking/status?ticket_id=zzz"), ta).await;
+    assert_eq!(s, 400);
+}
+
+#[tokio::test]
+async fn websocket_pushes_match_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[("MERIDIAN_DGS__MATCH_DURATION_S", "2")]);
+    let base = node.url();
+    let a = register(&base, "ws_a1", "ws password aa").await;
+    let b = register(&base, "ws_b2", "ws password bb").await;
+    let ta = a["access_token"].as_str().unwrap();
+    let url = format!("ws://{}/ws?access_token={ta}", node.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connect");
+    let hello = ws.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains("hello"));
+    for t in [ta, b["access_token"].as_str().unwrap()] {
+        let (s, _, e) = call(
+            client()
+                .post(format!("{base}/matchmaking/join"))
+                .header("authorization", format!("Bearer {t}"))
+                .json(&json!({"game_mode": "duel", "latencies": {"eu-west": 10}})),
+        )
+        .await;
+        assert_eq!(s, 202, "{e}");
+    }
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("push in time")
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "match_found", "{v}");
+    assert!(v["match"]["token"].is_string());
+    let _ = ws.close(None).await;
+    // Without a token: refused.
+    let res = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr)).await;
+    assert!(res.is_err());
+}
