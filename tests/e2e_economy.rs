@@ -430,3 +430,96 @@ async fn kill9_during_a_purchase_storm_loses_and_duplicates_nothing() {
         acked.len()
     );
 }
+
+#[tokio::test]
+async fn payment_webhook_grants_once_whatever_the_delivery_order() {
+    use meridian_replication::economy::payment::sign_webhook;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "whsec-test-secret-0123456789";
+    let cfg = dir.path().join("meridian.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[payments]\nenabled = true\nwebhook_secret = \"{secret}\"\n[[payments.products]]\nproduct_id = \"gems_100\"\namount_minor = 199\nfiat_currency = \"usd\"\ngrant_currency = \"gems\"\ngrant_amount = 100\n"
+        ),
+    )
+    .unwrap();
+    let node = Node::start(
+        &dir.path().join("node"),
+        &[(TEST_CONFIG_ENV, cfg.to_str().unwrap())],
+    );
+    let base = node.url();
+    let p = register(&base, "payer_01", "payer password 1").await;
+    let token = p["access_token"].as_str().unwrap();
+    let (s, _, intent) = call(
+        client()
+            .post(format!("{base}/payments/intents"))
+            .header("authorization", auth(token))
+            .json(&json!({"product_id": "gems_100"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{intent}");
+    assert!(intent["client_secret"].is_string());
+    let (s, _, b) = call(
+        client()
+            .post(format!("{base}/payments/intents"))
+            .header("authorization", auth(token))
+            .json(&json!({"product_id": "nope"})),
+    )
+    .await;
+    assert_eq!((s, error_code(&b).as_str()), (404, "unknown_product"));
+
+    let now = chrono::Utc::now().timestamp();
+    let event = |kind: &str, id: &str| {
+        serde_json::to_vec(&json!({"id": id, "type": kind, "created": now, "data": intent}))
+            .unwrap()
+    };
+    let deliver = |body: Vec<u8>, sig: String| {
+        client()
+            .post(format!("{base}/payments/webhook"))
+            .header("meridian-signature", sig)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    // Out of order: a late "created" event, then "succeeded" twice.
+    let created = event("payment_intent.created", "ev_1");
+    let (s, _, b) = call(deliver(
+        created.clone(),
+        sign_webhook(secret.as_bytes(), &created, now),
+    ))
+    .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("ignored")), "{b}");
+    let ok = event("payment_intent.succeeded", "ev_2");
+    for _ in 0..2 {
+        let (s, _, b) = call(deliver(
+            ok.clone(),
+            sign_webhook(secret.as_bytes(), &ok, now),
+        ))
+        .await;
+        assert_eq!((s, b["status"].as_str()), (200, Some("granted")), "{b}");
+    }
+    // A redelivery with a new event id for the same intent still grants nothing more.
+    let again = event("payment_intent.succeeded", "ev_3");
+    let (s, _, _) = call(deliver(
+        again.clone(),
+        sign_webhook(secret.as_bytes(), &again, now),
+    ))
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(wallet(&base, token).await["gems"], 100);
+    // Forged or missing signatures are refused.
+    let (s, _, b) = call(deliver(
+        ok.clone(),
+        sign_webhook(b"wrong-secret-0123456789", &ok, now),
+    ))
+    .await;
+    assert_eq!(s, 400, "{b}");
+    let (s, _, _) = call(
+        client()
+            .post(format!("{base}/payments/webhook"))
+            .body(ok.clone()),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(wallet(&base, token).await["gems"], 100);
+}

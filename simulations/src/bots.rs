@@ -26,7 +26,15 @@ pub const OPEN_LOOP_INFLIGHT_MAX: usize = 20_000;
 /// Players set up at once before the run.
 const SETUP_CONCURRENCY: usize = 64;
 
-pub const SCENARIOS: &[&str] = &["login-storm", "profile-read", "telemetry", "economy"];
+pub const SCENARIOS: &[&str] = &[
+    "login-storm",
+    "profile-read",
+    "telemetry",
+    "economy",
+    "leaderboard",
+];
+/// In the leaderboard scenario, one step in this many is a server submit; the rest are reads.
+pub const LEADERBOARD_SUBMIT_EVERY: u64 = 10;
 /// Coins each economy bot is granted at setup.
 pub const ECONOMY_SETUP_COINS: i64 = 1_000_000;
 
@@ -110,10 +118,13 @@ impl BotConfig {
                 return e(format!("--rate: must be 1..={RATE_MAX_PER_S}"));
             }
         }
-        if self.scenario == "economy" && self.server_token.is_none() {
-            return e(
-                "--server-token: the economy scenario grants coins with a server token".into(),
-            );
+        if matches!(self.scenario.as_str(), "economy" | "leaderboard")
+            && self.server_token.is_none()
+        {
+            return e(format!(
+                "--server-token: the {} scenario needs a server-role token",
+                self.scenario
+            ));
         }
         if self.concurrency == 0 || self.concurrency > CONCURRENCY_MAX {
             return e(format!("--concurrency: must be 1..={CONCURRENCY_MAX}"));
@@ -273,6 +284,18 @@ async fn setup_player(ctx: &Ctx, i: usize) -> Result<Player, String> {
         json!({"device_id": format!("bot-{}-{i}", ctx.run_id)})
     };
     let r = post(ctx, target, "/auth/device", None, &body).await?;
+    if ctx.cfg.scenario == "leaderboard" {
+        // Every bot has a score, so around-me always has a neighbourhood.
+        let body = json!({"player_id": r["player_id"], "score": (i as u64 * 7919) % 1_000_000});
+        post(
+            ctx,
+            target,
+            "/leaderboards/arena/scores",
+            ctx.cfg.server_token.as_deref(),
+            &body,
+        )
+        .await?;
+    }
     if ctx.cfg.scenario == "economy" {
         let grant = json!({
             "player_id": r["player_id"], "currency": "coins", "amount": ECONOMY_SETUP_COINS,
@@ -396,6 +419,36 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
             {
                 Ok(_) => ctx.rec.ok("consume", t.elapsed()),
                 Err(code) => ctx.rec.err("consume", code),
+            }
+        }
+        "leaderboard" => {
+            let base = &ctx.cfg.targets[player.target];
+            if n % LEADERBOARD_SUBMIT_EVERY == 0 {
+                let body = json!({"player_id": player.player_id, "score": (n * 7919) % 1_000_000});
+                match post(
+                    ctx,
+                    player.target,
+                    "/leaderboards/arena/scores",
+                    ctx.cfg.server_token.as_deref(),
+                    &body,
+                )
+                .await
+                {
+                    Ok(_) => ctx.rec.ok("submit", intended.elapsed()),
+                    Err(code) => ctx.rec.err("submit", code),
+                }
+            } else if n % 2 == 0 {
+                let url = format!("{base}/leaderboards/arena?limit=100");
+                match read(ctx.http.get(url).bearer_auth(&player.token).send().await).await {
+                    Ok(_) => ctx.rec.ok("top100", intended.elapsed()),
+                    Err(code) => ctx.rec.err("top100", code),
+                }
+            } else {
+                let url = format!("{base}/leaderboards/arena?around={}&n=5", player.player_id);
+                match read(ctx.http.get(url).bearer_auth(&player.token).send().await).await {
+                    Ok(_) => ctx.rec.ok("around_me", intended.elapsed()),
+                    Err(code) => ctx.rec.err("around_me", code),
+                }
             }
         }
         _ => ctx.rec.err("unknown", "scenario".into()),
