@@ -423,7 +423,7 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
         }
         "leaderboard" => {
             let base = &ctx.cfg.targets[player.target];
-            if n % LEADERBOARD_SUBMIT_EVERY == 0 {
+            if n.is_multiple_of(LEADERBOARD_SUBMIT_EVERY) {
                 let body = json!({"player_id": player.player_id, "score": (n * 7919) % 1_000_000});
                 match post(
                     ctx,
@@ -437,7 +437,7 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
                     Ok(_) => ctx.rec.ok("submit", intended.elapsed()),
                     Err(code) => ctx.rec.err("submit", code),
                 }
-            } else if n % 2 == 0 {
+            } else if n.is_multiple_of(2) {
                 let url = format!("{base}/leaderboards/arena?limit=100");
                 match read(ctx.http.get(url).bearer_auth(&player.token).send().await).await {
                     Ok(_) => ctx.rec.ok("top100", intended.elapsed()),
