@@ -211,6 +211,9 @@ pub struct LimitsConfig {
     pub http_request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_drain_timeout_ms: u64,
+    /// On SIGTERM, keep serving this long with `/readyz` at 503 before the
+    /// listener closes, so load balancers and clients move away first.
+    pub shutdown_prestop_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -220,6 +223,7 @@ impl Default for LimitsConfig {
             http_concurrency_max: 4096,
             http_request_timeout_ms: 10_000,
             shutdown_drain_timeout_ms: 10_000,
+            shutdown_prestop_ms: 1_000,
         }
     }
 }
@@ -278,6 +282,8 @@ const ENV_NOT_CONFIG: &[&str] = &[
     "MERIDIAN_BIN",
     "MERIDIAN_BOTS_SERVER_TOKEN",
     "MERIDIAN_REQUIRE_NETNS",
+    "MERIDIAN_REQUIRE_TERRAFORM",
+    "MERIDIAN_TERRAFORM",
 ];
 
 /// Load: file (optional) → environment → flags.

@@ -1,8 +1,11 @@
 //! Start-up and shutdown of one region node.
 //!
-//! Shutdown (SIGINT/SIGTERM): readiness turns 503, the listener stops
+//! Shutdown (SIGINT/SIGTERM): readiness turns 503 while the node keeps
+//! serving for `limits.shutdown_prestop_ms`; then the listener stops
 //! accepting, in-flight requests drain (bounded by
-//! `limits.shutdown_drain_timeout_ms`), then storage is flushed.
+//! `limits.shutdown_drain_timeout_ms`), game servers drain (running matches
+//! finish or hit `dgs.drain_deadline_s`), the node leaves the mesh, and
+//! storage is flushed.
 
 use crate::api::{self, AppState};
 use crate::auth::accounts::Accounts;
@@ -289,6 +292,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(async move {
         shutdown_signal().await;
         drain_state.ready.store(false, Ordering::Release);
+        // Pre-stop: still serving, but not ready, so traffic moves away first.
+        let prestop = Duration::from_millis(drain_state.cfg.limits.shutdown_prestop_ms);
+        if !prestop.is_zero() {
+            tracing::info!(
+                prestop_ms = prestop.as_millis() as u64,
+                "not ready; serving until the listener closes"
+            );
+            tokio::time::sleep(prestop).await;
+        }
         let _ = stop_tx.send(());
     });
     let server = axum::serve(
@@ -304,7 +316,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = async {
             // Bound the drain: once readiness is off, wait at most the timeout.
             while state.is_ready() { tokio::time::sleep(Duration::from_millis(50)).await; }
-            tokio::time::sleep(drain_timeout).await;
+            tokio::time::sleep(drain_timeout + Duration::from_millis(state.cfg.limits.shutdown_prestop_ms)).await;
         } => tracing::warn!("drain timeout: closing with requests in flight"),
     }
     // Game servers: no new allocations; running matches finish or hit the deadline.

@@ -21,6 +21,7 @@ pub struct Region {
     pub latency_group: String,
     pub location: Location,
     /// Address the node binds (`127.0.0.1` locally, `0.0.0.0` in a cloud).
+    #[serde(deserialize_with = "ip_field")]
     pub bind_host: IpAddr,
     /// Host clients and other nodes use to reach it.
     pub public_host: String,
@@ -96,6 +97,15 @@ impl std::fmt::Display for CatalogError {
             self.message
         )
     }
+}
+
+/// Parse an IP address with an error that names the field (serde's own
+/// message for `IpAddr` names none).
+fn ip_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    let raw = String::deserialize(d)?;
+    raw.parse().map_err(|_| {
+        serde::de::Error::custom(format!("field `bind_host`: {raw:?} is not an IP address"))
+    })
 }
 
 fn err(file: &Path, field: &str, message: impl Into<String>) -> CatalogError {
@@ -314,6 +324,6 @@ mod tests {
             joined.contains("d.json: name: must match the file name"),
             "{joined}"
         );
-        assert!(joined.contains("f.json"), "{joined}");
+        assert!(joined.contains("f.json: bind_host"), "{joined}");
     }
 }

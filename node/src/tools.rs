@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// `meridian demo` waits this long for the nodes to form the mesh.
 const DEMO_CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The RTT estimate is an EWMA of samples every 500 ms: let it settle before showing it.
+const DEMO_RTT_SETTLE: Duration = Duration::from_secs(8);
 
 /// One measured region.
 #[derive(Debug, Clone)]
@@ -236,7 +238,7 @@ pub fn demo(
         std::thread::sleep(Duration::from_millis(200));
     }
     // Give QUIC a few probes to smooth the RTTs.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(DEMO_RTT_SETTLE);
 
     println!("Meridian demo: 3 regions on this machine (admin token: {admin})\n");
     println!("{:<10} {:<24} {:<22} log", "region", "api", "beacon");

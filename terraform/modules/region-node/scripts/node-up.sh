@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Start one detached `meridian up` (called by terraform_data.node's create-time local-exec).
+# In: NODE_* (below) and the node's MERIDIAN_* settings in the environment.
+# Issues the node certificate from the cluster CA, starts the node with its own data dir,
+# waits for GET /readyz, then reports which other regions it sees in the mesh. On failure it
+# stops the node it started and exits non-zero with the node's log tail (never hangs:
+# bounded by NODE_READY_S).
+set -euo pipefail
+
+: "${NODE_BIN:?}" "${NODE_NAME:?}" "${NODE_DATA_DIR:?}" "${NODE_CA_DIR:?}" "${NODE_CERT_DIR:?}"
+: "${NODE_PROBE_HOST:?}" "${NODE_PROBE_PORT:?}"
+NODE_READY_S="${NODE_READY_S:-60}"
+NODE_CERT_DAYS="${NODE_CERT_DAYS:-365}"
+NODE_PEER_COUNT="${NODE_PEER_COUNT:-0}"
+here="$(cd "$(dirname "$0")" && pwd)"
+log="$NODE_DATA_DIR/node.log"
+pidfile="$NODE_DATA_DIR/node.pid"
+say() { echo "[$NODE_NAME] $*"; }
+
+# The node's log tail, short enough for Terraform's error message (it keeps about the last
+# 8 KiB of a provisioner's output): its errors and warnings, then its last lines, each cut.
+log_tail() {
+  {
+    echo "----- errors and warnings in $log -----"
+    grep -E '"level":"(ERROR|WARN)"|^[a-z]+: ' "$log" 2>/dev/null | tail -n 8 | cut -c1-300 || true
+    echo "----- last 15 lines of $log -----"
+    tail -n 15 "$log" 2>/dev/null | cut -c1-200 || true
+    echo "-----"
+  } >&2
+}
+
+# GET a path on the node; prints "STATUS BODY" (HTTP/1.0 over bash's /dev/tcp: no curl needed).
+http_get() {
+  local path="$1" status body
+  { exec 3<>"/dev/tcp/$NODE_PROBE_HOST/$NODE_PROBE_PORT"; } 2>/dev/null || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\nConnection: close\r\n\r\n' "$path" "$NODE_PROBE_HOST" >&3
+  local reply
+  reply="$(timeout 3 cat <&3 || true)"
+  exec 3<&- 3>&- || true
+  status="$(printf '%s' "$reply" | head -n 1 | cut -d' ' -f2)"
+  body="$(printf '%s' "$reply" | sed '1,/^\r\{0,1\}$/d')"
+  printf '%s %s' "${status:-0}" "$body"
+}
+
+mkdir -p "$NODE_DATA_DIR"
+
+# A node left running from a lost state would hold the ports: stop it first.
+NODE_STOP_S="${NODE_STOP_S:-60}" "$here/node-down.sh" >/dev/null 2>&1 || true
+
+if [ ! -x "$NODE_BIN" ]; then
+  echo "[$NODE_NAME] meridian binary not found or not executable: $NODE_BIN (cargo build --release -p meridian)" >&2
+  exit 1
+fi
+
+# The node certificate, from the cluster CA (reissued at every start: picks up a rotated CA).
+if ! out="$("$NODE_BIN" certs issue --node "$NODE_NAME" --ca-dir "$NODE_CA_DIR" --out "$NODE_CERT_DIR" --days "$NODE_CERT_DAYS" 2>&1)"; then
+  echo "[$NODE_NAME] issuing the node certificate failed: $out" >&2
+  exit 1
+fi
+say "$out"
+
+# The node's settings are exactly the MERIDIAN_* variables Terraform declared: drop any other
+# MERIDIAN_* inherited from the shell running terraform (the node refuses unknown keys).
+for v in $(compgen -e); do
+  case "$v" in
+    MERIDIAN_*) case " ${NODE_ENV_KEYS:-} " in *" $v "*) ;; *) unset "$v" ;; esac ;;
+  esac
+done
+
+# Start detached: own session, no inherited pipes (Terraform waits for those to close).
+echo "=== $(date -u +%FT%TZ) terraform: starting $NODE_NAME (release ${NODE_RELEASE:-?}) ===" >>"$log"
+setsid "$NODE_BIN" up --region "$NODE_NAME" --data-dir "$NODE_DATA_DIR" </dev/null >>"$log" 2>&1 &
+pid=$!
+echo "$pid" >"$pidfile"
+say "started pid $pid, data dir $NODE_DATA_DIR, log $log"
+
+fail() {
+  log_tail
+  NODE_STOP_S=10 "$here/node-down.sh" >/dev/null 2>&1 || true
+  echo "[$NODE_NAME] $* (full log: $log)" >&2
+  exit 1
+}
+
+deadline=$(( $(date +%s) + NODE_READY_S ))
+while :; do
+  if ! kill -0 "$pid" 2>/dev/null; then
+    wait "$pid" 2>/dev/null && rc=0 || rc=$?
+    rm -f "$pidfile"
+    fail "meridian exited during start-up (exit code $rc)"
+  fi
+  reply="$(http_get /readyz || true)"
+  if [ "${reply%% *}" = "200" ]; then
+    break
+  fi
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    fail "not ready within ${NODE_READY_S}s (GET http://$NODE_PROBE_HOST:$NODE_PROBE_PORT/readyz)"
+  fi
+  sleep 0.2
+done
+say "ready: http://$NODE_PROBE_HOST:$NODE_PROBE_PORT"
+
+# Mesh: wait (bounded, never failing) until every seed region is seen alive, then say which
+# regions are not reachable so an apply during an outage names them.
+[ "$NODE_PEER_COUNT" -gt 0 ] || exit 0
+statuses=""
+for _ in $(seq 1 30); do
+  body="$(http_get /regions || true)"
+  body="${body#* }"
+  statuses="$(printf '%s' "$body" | grep -o '"region":"[^"]*"[^{}]*"status":"[^"]*"' \
+    | sed -E 's/"region":"([^"]*)".*"status":"([^"]*)"/\1=\2/' || true)"
+  alive="$(printf '%s\n' "$statuses" | grep -c '=alive$' || true)"
+  [ "$alive" -ge "$NODE_PEER_COUNT" ] && break
+  sleep 0.2
+done
+unreachable="$(printf '%s\n' "$statuses" | grep -v -e '=alive$' -e '=self$' -e '^$' || true)"
+say "mesh: $(printf '%s' "$statuses" | tr '\n' ' ')"
+if [ -n "$unreachable" ]; then
+  say "WARNING: region(s) not reachable in the mesh yet: $(printf '%s' "$unreachable" | tr '\n' ' ')(this node keeps retrying its seeds)"
+fi
