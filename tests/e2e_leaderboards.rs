@@ -319,3 +319,39 @@ async fn kill9_loses_no_acknowledged_score() {
     }
     eprintln!("{} acknowledged scores survived kill -9", acked.len());
 }
+
+#[tokio::test]
+async fn cron_boards_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let base = node.url();
+    let admin = |body: Value| {
+        client()
+            .post(format!("{base}/admin/leaderboards"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .json(&body)
+    };
+    let (s, _, b) = call(admin(
+        json!({"name": "friday_cup", "reset": "cron", "cron": "0 18 * * 5"}),
+    ))
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, _, b) = call(admin(
+        json!({"name": "bad_cup", "reset": "cron", "cron": "61 18 * * 5"}),
+    ))
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().starts_with("cron"),
+        "{b}"
+    );
+    let players = device_players(&base, 1, "cron").await;
+    let (s, b) = submit(&base, "friday_cup", &players[0].0, json!(42)).await;
+    assert_eq!(s, 200, "{b}");
+    let (_, _, page) = call(client().get(format!("{base}/leaderboards/friday_cup"))).await;
+    assert!(
+        page["period"].as_str().unwrap().starts_with("cron-"),
+        "{page}"
+    );
+    assert_eq!(page["entries"][0]["score"], 42);
+}

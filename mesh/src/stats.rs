@@ -29,7 +29,13 @@ macro_rules! stats_struct {
 }
 
 stats_struct!(
-    /// Counters of one mesh instance (SWIM, transport, RPC).
+    /// Counters of one mesh instance (SWIM, transport, RPC, raw UDP on the mesh port).
+    ///
+    /// The `udp_datagrams_*` counters come from the socket guard in
+    /// [`crate::transport::bind_udp_socket`]: it inspects every received UDP datagram (each
+    /// GRO segment separately) before quinn sees it, and drops and counts the ones that cannot
+    /// be QUIC v1 from a mesh peer. Other undecodable packets still reach quinn, which drops
+    /// them silently (they are not counted).
     MeshStats, MeshStatsSnapshot {
         /// SWIM packets handed to the transport.
         swim_packets_sent,
@@ -73,6 +79,14 @@ stats_struct!(
         oneway_received,
         /// Packets dropped by latency injection because its queue was full.
         latency_queue_dropped,
+        /// UDP datagrams on the mesh port dropped before quinn because they cannot be QUIC v1:
+        /// empty, fixed bit (0x40) of the first byte clear, or a long header that is too short
+        /// or whose version is not QUIC v1 (version negotiation included: every mesh node
+        /// speaks v1 only).
+        udp_datagrams_garbage,
+        /// UDP datagrams on the mesh port dropped before quinn because they are larger than
+        /// [`crate::transport::MESH_DATAGRAM_MAX_BYTES`].
+        udp_datagrams_oversize,
     }
 );
 

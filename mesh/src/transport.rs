@@ -22,6 +22,16 @@
 //! timers, which turmoil drives). Latency injection for the local demo is a wrapper at the
 //! same seam ([`LatencyTable`]), so QUIC's RTT, SWIM probes and RPCs all see the delay.
 //!
+//! # Garbage on the mesh port
+//! A second wrapper at the seam inspects every received datagram (each GRO segment of a
+//! batch) before quinn sees it, and drops and counts in [`MeshStats`] what cannot be QUIC v1
+//! from a mesh peer: empty datagrams, a clear fixed bit (0x40) in the first byte, long headers
+//! too short to hold a version or whose version is not QUIC v1 (version negotiation included),
+//! and datagrams larger than [`MESH_DATAGRAM_MAX_BYTES`]. The fixed-bit check is valid because
+//! the endpoint disables quinn's "grease the QUIC bit" (RFC 9287; on by default in quinn), so
+//! peers never clear it, and the version check because the endpoint only speaks QUIC v1. The
+//! check reads at most five bytes; anything that passes is still authenticated by quinn.
+//!
 //! # One connection per pair
 //! Connections are cached by peer address. Dials are serialized per peer. When both sides
 //! dial at once, the connection dialed by the lower address wins on both sides and the other
@@ -92,6 +102,21 @@ pub const RTT_EWMA_ALPHA: f64 = 0.2;
 pub const LATENCY_QUEUE_MAX_PACKETS: usize = 4096;
 /// ALPN protocol id of the mesh.
 pub const ALPN: &[u8] = b"meridian-mesh/1";
+/// Largest UDP payload accepted on the mesh port: quinn's `max_udp_payload_size` (advertised
+/// to peers, who never send larger datagrams) is set to this, and larger received datagrams
+/// are dropped before quinn and counted in `udp_datagrams_oversize`. Ethernet MTU minus IP
+/// and UDP headers (quinn's default); QUIC's path MTU discovery stays below it.
+///
+/// Where the OS cannot coalesce received datagrams (no UDP GRO, e.g. non-Linux), quinn's
+/// receive buffer is this large and the OS truncates longer datagrams to it, so they cannot be
+/// recognized as oversize; quinn then drops them as undecryptable, uncounted.
+pub const MESH_DATAGRAM_MAX_BYTES: usize = 1472;
+/// The only QUIC version the mesh speaks (RFC 9000).
+const QUIC_V1: u32 = 1;
+/// Fixed bit of the first byte of every QUIC v1 packet (RFC 9000 §17).
+const QUIC_FIXED_BIT: u8 = 0x40;
+/// Header form bit: set for long headers (RFC 9000 §17.2).
+const QUIC_LONG_HEADER_BIT: u8 = 0x80;
 
 /// Internal service name carrying SWIM packets too large for a datagram.
 const SWIM_SERVICE: &str = "_swim";
@@ -210,7 +235,141 @@ pub fn bind_udp_socket(
 ) -> io::Result<Arc<dyn AsyncUdpSocket>> {
     let std_socket = std::net::UdpSocket::bind(addr)?;
     let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_socket)?;
-    Ok(DelaySocket::wrap(inner, latency, stats))
+    let guarded = GuardSocket::wrap(inner, stats.clone());
+    Ok(DelaySocket::wrap(guarded, latency, stats))
+}
+
+/// What the guard decided about one received datagram (or GRO segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Could be QUIC v1: hand it to quinn.
+    Pass,
+    /// Cannot be QUIC v1: drop and count in `udp_datagrams_garbage`.
+    Garbage,
+    /// Larger than [`MESH_DATAGRAM_MAX_BYTES`]: drop and count in `udp_datagrams_oversize`.
+    Oversize,
+}
+
+/// Cheap check of one datagram: its length and at most its first five bytes. Only what can
+/// never be a QUIC v1 packet for this endpoint (fixed bit not greased, v1 only) is refused.
+fn classify_datagram(datagram: &[u8]) -> Verdict {
+    if datagram.len() > MESH_DATAGRAM_MAX_BYTES {
+        return Verdict::Oversize;
+    }
+    let Some(&first) = datagram.first() else {
+        return Verdict::Garbage;
+    };
+    if first & QUIC_FIXED_BIT == 0 {
+        return Verdict::Garbage;
+    }
+    if first & QUIC_LONG_HEADER_BIT != 0 {
+        // Long header: the version follows the first byte; 0 is version negotiation, which
+        // never comes from a mesh peer (every node speaks v1, and only v1 is ever offered).
+        let Some(version) = datagram.get(1..5) else {
+            return Verdict::Garbage;
+        };
+        if u32::from_be_bytes([version[0], version[1], version[2], version[3]]) != QUIC_V1 {
+            return Verdict::Garbage;
+        }
+    }
+    Verdict::Pass
+}
+
+/// Inspects the `len` received bytes at the start of `buf`, which hold one datagram or, with
+/// GRO, several segments of `stride` bytes (the last one may be shorter). Counts refused
+/// segments and moves the accepted ones to the front, keeping their order and the stride
+/// layout (only the last segment can be short, and it stays last). Returns the new length:
+/// 0 when nothing is left, which quinn skips.
+fn filter_received(buf: &mut [u8], len: usize, stride: usize, stats: &MeshStats) -> usize {
+    let len = len.min(buf.len());
+    if len == 0 {
+        MeshStats::inc(&stats.udp_datagrams_garbage);
+        return 0;
+    }
+    let stride = if stride == 0 { len } else { stride };
+    let mut kept = 0;
+    let mut start = 0;
+    while start < len {
+        let end = start.saturating_add(stride).min(len);
+        match classify_datagram(&buf[start..end]) {
+            Verdict::Pass => {
+                if kept != start {
+                    buf.copy_within(start..end, kept);
+                }
+                kept += end - start;
+            }
+            Verdict::Garbage => MeshStats::inc(&stats.udp_datagrams_garbage),
+            Verdict::Oversize => MeshStats::inc(&stats.udp_datagrams_oversize),
+        }
+        start = end;
+    }
+    kept
+}
+
+/// An [`AsyncUdpSocket`] that drops and counts received datagrams that cannot be QUIC v1
+/// (see [`classify_datagram`]) before quinn sees them. Sends pass through unchanged.
+struct GuardSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    stats: Arc<MeshStats>,
+}
+
+impl fmt::Debug for GuardSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardSocket")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl GuardSocket {
+    fn wrap(inner: Arc<dyn AsyncUdpSocket>, stats: Arc<MeshStats>) -> Arc<dyn AsyncUdpSocket> {
+        Arc::new(Self { inner, stats })
+    }
+}
+
+impl AsyncUdpSocket for GuardSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Arc::clone(&self.inner).create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let msgs = match self.inner.poll_recv(cx, bufs, meta) {
+            Poll::Ready(Ok(msgs)) => msgs,
+            other => return other,
+        };
+        // A message whose every segment is refused keeps its slot with length 0: quinn
+        // iterates the message's bytes, so it simply has nothing to handle.
+        // The stride is left as is: quinn splits by `stride.min(remaining)`.
+        for (m, buf) in meta.iter_mut().zip(bufs.iter_mut()).take(msgs) {
+            m.len = filter_received(buf, m.len, m.stride, &self.stats);
+        }
+        Poll::Ready(Ok(msgs))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 struct Delayed {
@@ -403,6 +562,19 @@ fn tls_configs(certs: &NodeCerts) -> Result<(quinn::ServerConfig, quinn::ClientC
     Ok((server, client))
 }
 
+/// Endpoint settings the socket guard relies on (see "Garbage on the mesh port" above).
+fn endpoint_config() -> Result<quinn::EndpointConfig, MeshError> {
+    let mut e = quinn::EndpointConfig::default();
+    // Peers must keep the fixed bit set (quinn greases it by default when the peer allows).
+    e.grease_quic_bit(false);
+    e.supported_versions(vec![QUIC_V1]);
+    let max_payload = u16::try_from(MESH_DATAGRAM_MAX_BYTES)
+        .map_err(|_| MeshError::Config("MESH_DATAGRAM_MAX_BYTES exceeds u16".into()))?;
+    e.max_udp_payload_size(max_payload)
+        .map_err(|e| MeshError::Config(format!("max_udp_payload_size: {e}")))?;
+    Ok(e)
+}
+
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // IDLE_TIMEOUT is a small constant; the conversion cannot fail.
@@ -474,7 +646,7 @@ impl Transport {
     ) -> Result<(Self, mpsc::Receiver<Bytes>), MeshError> {
         let (server, client) = tls_configs(certs)?;
         let mut endpoint = Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            endpoint_config()?,
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -964,5 +1136,109 @@ async fn rtt_loop(inner: std::sync::Weak<Inner>) {
                 .and_modify(|v| *v += RTT_EWMA_ALPHA * (sample - *v))
                 .or_insert(sample);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short-header packet of `len` bytes starting with `tag` (fixed bit set).
+    fn short(len: usize, tag: u8) -> Vec<u8> {
+        let mut p = vec![tag; len];
+        p[0] = QUIC_FIXED_BIT | 0x01;
+        p
+    }
+
+    fn long(version: u32, len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = QUIC_LONG_HEADER_BIT | QUIC_FIXED_BIT;
+        p[1..5].copy_from_slice(&version.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn classify_refuses_only_what_cannot_be_quic_v1() {
+        assert_eq!(classify_datagram(&[]), Verdict::Garbage);
+        assert_eq!(classify_datagram(&[0x00; 40]), Verdict::Garbage);
+        assert_eq!(classify_datagram(&[0xbf; 40]), Verdict::Garbage); // long, fixed bit clear
+        assert_eq!(classify_datagram(&[0xc0, 0, 0]), Verdict::Garbage); // truncated long
+        assert_eq!(classify_datagram(&long(0, 1200)), Verdict::Garbage); // version negotiation
+                                                                         // A draft version quinn would otherwise accept.
+        assert_eq!(
+            classify_datagram(&long(0xff00_001d, 1200)),
+            Verdict::Garbage
+        );
+        assert_eq!(classify_datagram(&long(QUIC_V1, 1200)), Verdict::Pass);
+        assert_eq!(classify_datagram(&short(30, 7)), Verdict::Pass);
+        assert_eq!(classify_datagram(&[QUIC_FIXED_BIT]), Verdict::Pass); // quinn's call
+        assert_eq!(
+            classify_datagram(&short(MESH_DATAGRAM_MAX_BYTES, 1)),
+            Verdict::Pass
+        );
+        assert_eq!(
+            classify_datagram(&short(MESH_DATAGRAM_MAX_BYTES + 1, 1)),
+            Verdict::Oversize
+        );
+        // Oversize wins over garbage: the size is what makes it refused.
+        assert_eq!(classify_datagram(&[0u8; 9000]), Verdict::Oversize);
+    }
+
+    #[test]
+    fn filter_single_datagram() {
+        let stats = MeshStats::default();
+        let mut buf = short(100, 3);
+        buf.resize(4096, 0xee);
+        assert_eq!(filter_received(&mut buf, 100, 100, &stats), 100);
+        assert_eq!(buf[..100], short(100, 3)[..]);
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(filter_received(&mut buf, 0, 0, &stats), 0);
+        assert_eq!(filter_received(&mut buf, 50, 50, &stats), 0);
+        let mut big = short(2000, 1);
+        assert_eq!(filter_received(&mut big, 2000, 2000, &stats), 0);
+        let s = stats.snapshot();
+        assert_eq!((s.udp_datagrams_garbage, s.udp_datagrams_oversize), (2, 1));
+    }
+
+    #[test]
+    fn filter_gro_batch_keeps_good_segments_in_stride_layout() {
+        let stats = MeshStats::default();
+        let stride = 64;
+        // Segments: good A, garbage, good B, garbage (fixed bit clear), short good C (last).
+        let a = short(stride, 0xa);
+        let b = short(stride, 0xb);
+        let c = short(20, 0xc);
+        let mut bad = short(stride, 0xd);
+        bad[0] = 0x01;
+        let vn = long(0, stride);
+        let mut buf = [a.clone(), vn, b.clone(), bad, c.clone()].concat();
+        let len = buf.len();
+        buf.resize(len + 100, 0);
+        let kept = filter_received(&mut buf, len, stride, &stats);
+        assert_eq!(kept, 2 * stride + 20);
+        assert_eq!(&buf[..kept], [a.clone(), b.clone(), c].concat().as_slice());
+        assert_eq!(stats.snapshot().udp_datagrams_garbage, 2);
+
+        // Dropping the short last segment leaves whole strides.
+        let mut bad_last = short(10, 0xe);
+        bad_last[0] = 0x3f;
+        let mut buf = [a.clone(), b.clone(), bad_last].concat();
+        let len = buf.len();
+        assert_eq!(filter_received(&mut buf, len, stride, &stats), 2 * stride);
+        assert_eq!(&buf[..2 * stride], [a, b].concat().as_slice());
+
+        // Everything refused: nothing left for quinn.
+        let mut buf = vec![0u8; 3 * stride];
+        assert_eq!(filter_received(&mut buf, 3 * stride, stride, &stats), 0);
+        assert_eq!(stats.snapshot().udp_datagrams_garbage, 6);
+    }
+
+    #[test]
+    fn endpoint_config_matches_the_guard() {
+        let e = endpoint_config().unwrap();
+        assert_eq!(e.get_max_udp_payload_size(), MESH_DATAGRAM_MAX_BYTES as u64);
+        let dbg = format!("{e:?}");
+        assert!(dbg.contains("grease_quic_bit: false"), "{dbg}");
+        assert!(dbg.contains("supported_versions: [1]"), "{dbg}");
     }
 }

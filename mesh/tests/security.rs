@@ -188,6 +188,133 @@ async fn garbage_datagrams_are_dropped_and_counted() {
     g.close().await;
 }
 
+/// Whether the OS hands quinn whole datagrams larger than quinn's buffer (UDP GRO, Linux):
+/// only then can the guard see that a datagram is oversize (otherwise it arrives truncated).
+fn receives_oversize_whole() -> bool {
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    quinn::udp::UdpSocketState::new((&probe).into())
+        .map(|s| s.gro_segments() > 1)
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_udp_garbage_on_mesh_port_is_dropped_and_counted() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let a = start(config("a", "eu", certs(dir.path(), &ca, "a"), vec![])).await;
+    a.register_rpc_handler("echo", echo_handler());
+    let b = start(config(
+        "b",
+        "us",
+        certs(dir.path(), &ca, "b"),
+        vec![a.addr()],
+    ))
+    .await;
+    b.register_rpc_handler("echo", echo_handler());
+    wait_for(CONVERGENCE_BOUND, || {
+        alive_peers(&a) == 1 && alive_peers(&b) == 1
+    })
+    .await
+    .expect("converged before the garbage");
+    let before = a.stats().snapshot();
+    assert_eq!(
+        (before.udp_datagrams_garbage, before.udp_datagrams_oversize),
+        (0, 0),
+        "legit QUIC is never counted as garbage: {before:?}"
+    );
+
+    // (datagram, counted as garbage, counted as oversize)
+    let mut datagrams: Vec<(Vec<u8>, bool, bool)> = Vec::new();
+    // Random bytes with the fixed bit (0x40) clear, short and long header forms.
+    for _ in 0..200 {
+        let len = 1 + rand::random::<u16>() as usize % 1400;
+        let mut junk: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+        junk[0] &= !0x40;
+        datagrams.push((junk, true, false));
+    }
+    // Empty datagrams.
+    for _ in 0..20 {
+        datagrams.push((Vec::new(), true, false));
+    }
+    // Long headers with another version (version negotiation included), or too short to
+    // hold a version.
+    for version in [0u32, 0xff00_001d, 0x0a1a_2a3a, 2] {
+        let mut hdr = vec![0u8; 1200];
+        hdr[0] = 0xc0;
+        hdr[1..5].copy_from_slice(&version.to_be_bytes());
+        datagrams.push((hdr, true, false));
+        datagrams.push((vec![0xc3, 0, 0], true, false));
+    }
+    // Oversize, starting like a short header: if the OS truncates it (no GRO) quinn gets a
+    // plausible datagram and drops it itself, uncounted.
+    let counts_oversize = receives_oversize_whole();
+    for len in [
+        meridian_mesh::transport::MESH_DATAGRAM_MAX_BYTES + 1,
+        2000,
+        9000,
+        65_000,
+    ] {
+        let mut big = vec![0xa5u8; len];
+        big[0] = 0x41;
+        datagrams.push((big, false, counts_oversize));
+    }
+    let garbage = datagrams.iter().filter(|d| d.1).count() as u64;
+    let oversize = datagrams.iter().filter(|d| d.2).count() as u64;
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for (i, (datagram, _, _)) in datagrams.iter().enumerate() {
+        raw.send_to(datagram, a.addr()).unwrap();
+        if i % 10 == 9 {
+            // Paced, so loopback never drops any for a full receive buffer.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    let counted = |h: &meridian_mesh::MeshHandle| {
+        let s = h.stats().snapshot();
+        (
+            s.udp_datagrams_garbage - before.udp_datagrams_garbage,
+            s.udp_datagrams_oversize - before.udp_datagrams_oversize,
+        )
+    };
+    wait_for(Duration::from_secs(3), || {
+        counted(&a) == (garbage, oversize)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "expected (garbage, oversize) = {:?}, counted {:?}: {:?}",
+            (garbage, oversize),
+            counted(&a),
+            a.stats().snapshot()
+        )
+    });
+    assert_eq!(a.members().len(), 2, "garbage must not create members");
+
+    // The mesh keeps working: both still alive after a few probe rounds, RPCs both ways.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!((alive_peers(&a), alive_peers(&b)), (1, 1));
+    assert_eq!(
+        b.rpc("a", "echo", b"after").await.unwrap(),
+        Bytes::from_static(b"echo:after")
+    );
+    assert_eq!(
+        a.rpc("b", "echo", b"back").await.unwrap(),
+        Bytes::from_static(b"echo:back")
+    );
+    // Legit traffic was never counted: b only ever heard QUIC from a, and a's counts are
+    // exactly the garbage sent.
+    assert_eq!(counted(&a), (garbage, oversize));
+    let sb = b.stats().snapshot();
+    assert_eq!(
+        (sb.udp_datagrams_garbage, sb.udp_datagrams_oversize),
+        (0, 0),
+        "{sb:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeds_pointing_at_nothing_retry_without_crashing() {
     init();

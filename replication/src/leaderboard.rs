@@ -12,7 +12,8 @@
 //! - `lb/def/{name}`: boards added at runtime (JSON [`BoardDef`]).
 //! - `lb/e/{board_key}\0{uuid}`: one entry (postcard), `board_key` is
 //!   `{name}[@{region}]/{period}` with period `all`, `daily-2026-11-25`,
-//!   `weekly-2026-W48` or `monthly-2026-11`; past periods stay readable.
+//!   `weekly-2026-W48`, `monthly-2026-11` or `cron-2026-11-20T18:00` (the
+//!   most recent fire time of a cron board); past periods stay readable.
 //! - `stat/{uuid}`: one player's stats (postcard).
 //! - `lb/v/{version:be64}`: the change log for `delta_since`; one record per
 //!   entry (an entry's older record is deleted when it changes).
@@ -31,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc, Weekday};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike, Utc, Weekday};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -72,6 +73,14 @@ pub const XP_AWARD_MAX: u64 = 1_000_000_000;
 pub const LEVEL_MAX: u32 = 10_000;
 /// Entries read per store scan while rebuilding indexes.
 const REBUILD_SCAN_BATCH: usize = 10_000;
+/// Longest cron expression, in bytes.
+pub const CRON_LEN_MAX: usize = 128;
+/// How far back, in days before the current UTC day, the period of a cron
+/// board is searched; a schedule must fire at least once in every window of
+/// this many days (checked when the board is defined).
+pub const CRON_LOOKBACK_DAYS: u32 = 366;
+/// Days in one 400-year Gregorian cycle (dates and weekdays repeat after it).
+const GREGORIAN_CYCLE_DAYS: u32 = 146_097;
 
 const DEF_PREFIX: &[u8] = b"lb/def/";
 const ENTRY_PREFIX: &[u8] = b"lb/e/";
@@ -172,6 +181,13 @@ pub enum Reset {
     Daily,
     Weekly,
     Monthly,
+    /// At every fire time of the board's [`BoardDef::cron`] expression:
+    /// `minute hour day-of-month month day-of-week` in UTC, each field `*`,
+    /// a number, a range `a-b`, a step `*/n` or `a-b/n`, or a list of those
+    /// (`a,b-c`); day-of-week 0-7 with 0 and 7 both Sunday. As in Vixie
+    /// cron, when neither day field starts with `*` a day matches if either
+    /// matches, else both must.
+    Cron,
 }
 
 /// Whether a board is shared by all regions or kept per region.
@@ -196,6 +212,10 @@ pub struct BoardDef {
     pub operator: Operator,
     #[serde(default)]
     pub reset: Reset,
+    /// The schedule of `reset = "cron"` (e.g. `"0 18 * * 5"`), at most
+    /// [`CRON_LEN_MAX`] bytes; absent for the other resets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
     #[serde(default)]
     pub scope: Scope,
     /// Smallest accepted score (inclusive). For `sum`, bounds each increment.
@@ -214,7 +234,63 @@ impl BoardDef {
                 return Err(invalid("min_score", "min_score is greater than max_score"));
             }
         }
+        match (self.reset, &self.cron) {
+            (Reset::Cron, Some(expr)) => CronSchedule::parse(expr)?.check_fires_often(expr)?,
+            (Reset::Cron, None) => return Err(invalid("cron", "required with reset = \"cron\"")),
+            (_, Some(_)) => return Err(invalid("cron", "only allowed with reset = \"cron\"")),
+            (_, None) => {}
+        }
         Ok(())
+    }
+
+    /// The label of the period containing `now`: [`period_label`] for the
+    /// fixed resets, `cron-2026-11-20T18:00` (the most recent fire time at or
+    /// before `now`) for a cron board.
+    pub fn period_label(&self, now: DateTime<Utc>) -> Result<String, LeaderboardError> {
+        match self.reset {
+            Reset::Cron => {
+                let (expr, schedule) = self.cron_schedule()?;
+                let fire = schedule.last_fire_at_or_before(now).ok_or_else(|| {
+                    invalid(
+                        "cron",
+                        format!(
+                            "{expr:?} did not fire in the {CRON_LOOKBACK_DAYS} days before {now}"
+                        ),
+                    )
+                })?;
+                Ok(cron_label(fire))
+            }
+            reset => Ok(period_label(reset, now)),
+        }
+    }
+
+    /// Accept only canonical period labels of this board: for a cron board,
+    /// a fire time of its schedule.
+    fn check_period(&self, p: &str) -> Result<(), LeaderboardError> {
+        if self.reset != Reset::Cron {
+            return check_period(self.reset, p);
+        }
+        let (expr, schedule) = self.cron_schedule()?;
+        let bad = || {
+            invalid(
+                "period",
+                format!("{p:?} is not a fire time (cron-YYYY-MM-DDTHH:MM) of {expr:?}"),
+            )
+        };
+        let rest = p.strip_prefix("cron-").ok_or_else(bad)?;
+        let at = NaiveDateTime::parse_from_str(rest, "%Y-%m-%dT%H:%M").map_err(|_| bad())?;
+        if cron_label(at) != p || !schedule.matches(at) {
+            return Err(bad());
+        }
+        Ok(())
+    }
+
+    fn cron_schedule(&self) -> Result<(&str, CronSchedule), LeaderboardError> {
+        let expr = self
+            .cron
+            .as_deref()
+            .ok_or_else(|| invalid("cron", "required with reset = \"cron\""))?;
+        Ok((expr, CronSchedule::parse(expr)?))
     }
 
     fn check_score(&self, score: i64) -> Result<(), LeaderboardError> {
@@ -778,7 +854,7 @@ impl LeaderboardEngine {
                 })?
                 .clone();
             def.check_score(score)?;
-            let period = period_label(def.reset, now);
+            let period = def.period_label(now)?;
             let board_key = make_board_key(&def, &self.region, &period);
             let key = entry_key(&board_key, player);
             let (old_version, mut state) = match self.storage.get(&key)? {
@@ -842,10 +918,10 @@ impl LeaderboardEngine {
             })?;
         let period = match period {
             Some(p) => {
-                check_period(def.reset, p)?;
+                def.check_period(p)?;
                 p.to_string()
             }
-            None => period_label(def.reset, now),
+            None => def.period_label(now)?,
         };
         let key = make_board_key(def, &self.region, &period);
         Ok((period, key))
@@ -1355,10 +1431,13 @@ fn check_name(
     Ok(())
 }
 
-/// The period label of `reset` at `now`.
+/// The period label of `reset` at `now`. A cron board's label depends on
+/// its expression: use [`BoardDef::period_label`] (here [`Reset::Cron`]
+/// gives `"cron"`, which no read accepts).
 pub fn period_label(reset: Reset, now: DateTime<Utc>) -> String {
     match reset {
         Reset::None => "all".to_string(),
+        Reset::Cron => "cron".to_string(),
         Reset::Daily => format!(
             "daily-{:04}-{:02}-{:02}",
             now.year(),
@@ -1373,11 +1452,13 @@ pub fn period_label(reset: Reset, now: DateTime<Utc>) -> String {
     }
 }
 
-/// Accept only canonical labels of the board's reset kind.
+/// Accept only canonical labels of the board's reset kind (cron boards go
+/// through [`BoardDef::check_period`]).
 fn check_period(reset: Reset, p: &str) -> Result<(), LeaderboardError> {
     let bad = || invalid("period", format!("{p:?} is not a {reset:?} period label"));
     let canonical = match reset {
         Reset::None => "all".to_string(),
+        Reset::Cron => return Err(bad()),
         Reset::Daily => {
             let d = p.strip_prefix("daily-").ok_or_else(bad)?;
             let date = NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| bad())?;
@@ -1409,6 +1490,223 @@ fn check_period(reset: Reset, p: &str) -> Result<(), LeaderboardError> {
     } else {
         Err(bad())
     }
+}
+
+/// The label of a cron period: its fire time, `cron-2026-11-20T18:00`.
+fn cron_label(at: NaiveDateTime) -> String {
+    format!(
+        "cron-{:04}-{:02}-{:02}T{:02}:{:02}",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute()
+    )
+}
+
+/// A parsed 5-field cron expression (UTC, minute resolution); see
+/// [`Reset::Cron`]. Each field is a bit set of its allowed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CronSchedule {
+    /// Bits 0-59.
+    minutes: u64,
+    /// Bits 0-23.
+    hours: u64,
+    /// Bits 1-31.
+    days: u64,
+    /// Bits 1-12.
+    months: u64,
+    /// Bits 0-6, Sunday = 0 (7 is folded into 0).
+    weekdays: u64,
+    /// Whether day-of-month / day-of-week start with `*` (Vixie cron: only
+    /// when neither does is a day matched by either field).
+    days_star: bool,
+    weekdays_star: bool,
+}
+
+impl CronSchedule {
+    /// Parse the syntax. Whether the schedule fires often enough is
+    /// [`Self::check_fires_often`], done once when a board is defined.
+    fn parse(expr: &str) -> Result<Self, LeaderboardError> {
+        if expr.len() > CRON_LEN_MAX {
+            return Err(invalid(
+                "cron",
+                format!("must be at most {CRON_LEN_MAX} bytes"),
+            ));
+        }
+        let fail = |reason: String| invalid("cron", format!("{expr:?}: {reason}"));
+        let fields: Vec<&str> = expr.split_ascii_whitespace().collect();
+        let [minute, hour, day, month, weekday] = fields[..] else {
+            return Err(fail(format!(
+                "expected 5 fields (minute hour day-of-month month day-of-week), got {}",
+                fields.len()
+            )));
+        };
+        let mut weekdays = cron_field(weekday, "day-of-week", 0, 7).map_err(fail)?;
+        if weekdays & (1 << 7) != 0 {
+            weekdays = (weekdays | 1) & !(1 << 7);
+        }
+        Ok(Self {
+            minutes: cron_field(minute, "minute", 0, 59).map_err(fail)?,
+            hours: cron_field(hour, "hour", 0, 23).map_err(fail)?,
+            days: cron_field(day, "day-of-month", 1, 31).map_err(fail)?,
+            months: cron_field(month, "month", 1, 12).map_err(fail)?,
+            weekdays,
+            days_star: day.starts_with('*'),
+            weekdays_star: weekday.starts_with('*'),
+        })
+    }
+
+    /// Whether the schedule fires on a day (`weekday` 0 = Sunday).
+    fn day_matches(&self, month: u32, day: u32, weekday: u32) -> bool {
+        let d = self.days & (1 << day) != 0;
+        let w = self.weekdays & (1 << weekday) != 0;
+        self.months & (1 << month) != 0
+            && if self.days_star || self.weekdays_star {
+                d && w
+            } else {
+                d || w
+            }
+    }
+
+    /// Whether `at` (seconds ignored) is a fire time.
+    fn matches(&self, at: NaiveDateTime) -> bool {
+        self.minutes & (1 << at.minute()) != 0
+            && self.hours & (1 << at.hour()) != 0
+            && self.day_matches(at.month(), at.day(), at.weekday().num_days_from_sunday())
+    }
+
+    /// The latest fire time of a matching day at or before `hour:minute`.
+    fn latest_time(&self, hour: u32, minute: u32) -> Option<(u32, u32)> {
+        (0..=hour).rev().find_map(|h| {
+            if self.hours & (1 << h) == 0 {
+                return None;
+            }
+            let limit = if h == hour { minute } else { 59 };
+            let minutes = self.minutes & (u64::MAX >> (63 - limit));
+            (minutes != 0).then(|| (h, 63 - minutes.leading_zeros()))
+        })
+    }
+
+    /// The most recent fire time at or before `now`, searching the current
+    /// UTC day and the [`CRON_LOOKBACK_DAYS`] days before it.
+    fn last_fire_at_or_before(&self, now: DateTime<Utc>) -> Option<NaiveDateTime> {
+        let now = now.naive_utc();
+        let mut date = now.date();
+        let (mut hour, mut minute) = (now.hour(), now.minute());
+        for _ in 0..=CRON_LOOKBACK_DAYS {
+            if self.day_matches(
+                date.month(),
+                date.day(),
+                date.weekday().num_days_from_sunday(),
+            ) {
+                if let Some((h, m)) = self.latest_time(hour, minute) {
+                    return date.and_hms_opt(h, m, 0);
+                }
+            }
+            date = date.pred_opt()?;
+            (hour, minute) = (23, 59);
+        }
+        None
+    }
+
+    /// Refuse a schedule with a gap of more than [`CRON_LOOKBACK_DAYS`]
+    /// days between two firing days anywhere in the Gregorian calendar
+    /// (never firing, `30 2`, or only on February 29), so that
+    /// [`Self::last_fire_at_or_before`] always finds the current period.
+    fn check_fires_often(&self, expr: &str) -> Result<(), LeaderboardError> {
+        let rare = || {
+            invalid(
+                "cron",
+                format!("{expr:?} must fire at least once every {CRON_LOOKBACK_DAYS} days"),
+            )
+        };
+        // One whole cycle from 2000-01-01, a Saturday; the gap across the
+        // cycle's end wraps around to its first firing day.
+        let (mut year, mut month, mut day, mut weekday) = (2000, 1, 1, 6);
+        let (mut first, mut last) = (None, 0);
+        for i in 0..GREGORIAN_CYCLE_DAYS {
+            if self.day_matches(month, day, weekday) {
+                if first.is_some() && i - last > CRON_LOOKBACK_DAYS {
+                    return Err(rare());
+                }
+                first.get_or_insert(i);
+                last = i;
+            }
+            weekday = (weekday + 1) % 7;
+            day += 1;
+            if day > days_in_month(year, month) {
+                (day, month) = (1, month + 1);
+                if month > 12 {
+                    (month, year) = (1, year + 1);
+                }
+            }
+        }
+        match first {
+            Some(first) if first + GREGORIAN_CYCLE_DAYS - last <= CRON_LOOKBACK_DAYS => Ok(()),
+            _ => Err(rare()),
+        }
+    }
+}
+
+fn days_in_month(year: i32, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// One cron field as a bit set of values in `lo..=hi`: a `,`-separated list
+/// of `*`, `n`, `a-b`, `*/step` or `a-b/step` (step 1 to `hi`).
+fn cron_field(field: &str, name: &str, lo: u32, hi: u32) -> Result<u64, String> {
+    let num = |s: &str| -> Result<u32, String> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{name} {field:?}: {s:?} is not a number"));
+        }
+        let v: u32 = s
+            .parse()
+            .map_err(|_| format!("{name} {field:?}: {s:?} is out of range {lo}-{hi}"))?;
+        if !(lo..=hi).contains(&v) {
+            return Err(format!("{name} {field:?}: {v} is out of range {lo}-{hi}"));
+        }
+        Ok(v)
+    };
+    let mut bits = 0u64;
+    for item in field.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((base, step)) => (base, Some(step)),
+            None => (item, None),
+        };
+        let (a, b) = if base == "*" {
+            (lo, hi)
+        } else if let Some((a, b)) = base.split_once('-') {
+            let (a, b) = (num(a)?, num(b)?);
+            if a > b {
+                return Err(format!("{name} {field:?}: range {a}-{b} is reversed"));
+            }
+            (a, b)
+        } else if step.is_some() {
+            return Err(format!(
+                "{name} {field:?}: a step needs `*` or a range (`*/n`, `a-b/n`)"
+            ));
+        } else {
+            let v = num(base)?;
+            (v, v)
+        };
+        let step = match step {
+            None => 1,
+            Some(s) => match s.parse::<u32>() {
+                Ok(n) if (1..=hi).contains(&n) && s.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(format!("{name} {field:?}: step {s:?} is not in 1-{hi}")),
+            },
+        };
+        bits |= (a..=b)
+            .step_by(step as usize)
+            .fold(0u64, |acc, v| acc | 1u64 << v);
+    }
+    Ok(bits)
 }
 
 fn make_board_key(def: &BoardDef, region: &str, period: &str) -> String {
@@ -1494,6 +1792,7 @@ mod tests {
             sort,
             operator,
             reset: Reset::None,
+            cron: None,
             scope: Scope::Global,
             min_score: None,
             max_score: None,
@@ -2140,6 +2439,448 @@ mod tests {
         }
         .validate()
         .is_ok());
+    }
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().unwrap()
+    }
+
+    fn cron_def(name: &str, expr: &str) -> BoardDef {
+        BoardDef {
+            reset: Reset::Cron,
+            cron: Some(expr.into()),
+            ..def(name, SortOrder::Desc, Operator::Best)
+        }
+    }
+
+    fn cron_period(expr: &str, now: DateTime<Utc>) -> String {
+        cron_def("c", expr).period_label(now).unwrap()
+    }
+
+    fn bits(values: impl IntoIterator<Item = u32>) -> u64 {
+        values.into_iter().fold(0, |acc, v| acc | 1 << v)
+    }
+
+    #[test]
+    fn cron_accepts_lists_ranges_and_steps() {
+        let p = |e: &str| CronSchedule::parse(e).unwrap();
+        let all = p("* * * * *");
+        assert_eq!(all.minutes, bits(0..60));
+        assert_eq!(all.hours, bits(0..24));
+        assert_eq!(all.days, bits(1..=31));
+        assert_eq!(all.months, bits(1..=12));
+        assert_eq!(all.weekdays, bits(0..7));
+        assert!(all.days_star && all.weekdays_star);
+        let c = p("0,30 9-17/2 1-10/3 */5 1-5");
+        assert_eq!(c.minutes, bits([0, 30]));
+        assert_eq!(c.hours, bits([9, 11, 13, 15, 17]));
+        assert_eq!(c.days, bits([1, 4, 7, 10]));
+        assert_eq!(c.months, bits([1, 6, 11]));
+        assert_eq!(c.weekdays, bits(1..=5));
+        assert!(!c.days_star && !c.weekdays_star);
+        assert_eq!(p("*/15 * * * *").minutes, bits([0, 15, 30, 45]));
+        assert_eq!(
+            p("1,5-7,*/20 * * * *").minutes,
+            bits([0, 1, 5, 6, 7, 20, 40])
+        );
+        assert_eq!(p("7-7/5 * * * *").minutes, bits([7]));
+        // Leading zeros and any whitespace between fields.
+        assert_eq!(p(" 05\t18  * * 5 "), p("5 18 * * 5"));
+        // Day-of-week 7 is Sunday, like 0, also inside ranges and steps.
+        assert_eq!(p("0 0 * * 7"), p("0 0 * * 0"));
+        assert_eq!(p("0 0 * * 5-7").weekdays, bits([0, 5, 6]));
+        assert_eq!(p("0 0 * * 0-7").weekdays, bits(0..7));
+        assert_eq!(p("0 0 * * */7").weekdays, bits([0]));
+        // Field edges and the largest steps.
+        for e in [
+            "59 23 31 12 7",
+            "0 0 1 1 0",
+            "*/59 */23 */31 */12 *",
+            "*/59 */23 * */12 */7",
+            "0 18 * * 5",
+            "0 0 1 1 *",
+            "59 23 31 12 *",
+            "0 0 31 * *",
+            "0 0 29 2 1",
+            "0 0 1-31 2 *",
+        ] {
+            p(e);
+            cron_def("c", e)
+                .validate()
+                .unwrap_or_else(|err| panic!("{e}: {err}"));
+        }
+    }
+
+    #[test]
+    fn cron_rejects_malformed_expressions() {
+        let long = format!("0 0 * * {}", vec!["1"; 70].join(","));
+        assert!(long.len() > CRON_LEN_MAX);
+        for e in [
+            "",
+            "   ",
+            "* * * *",
+            "* * * * * *",
+            "0 0 1 1 * 2026",
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * 32 * *",
+            "* * * 0 *",
+            "* * * 13 *",
+            "* * * * 8",
+            "5-1 * * * *",
+            "*/0 * * * *",
+            "*/60 * * * *",
+            "* * * * */8",
+            "5/10 * * * *",
+            "*/ * * * *",
+            "/5 * * * *",
+            "*/2/3 * * * *",
+            "*/+5 * * * *",
+            "1-2-3 * * * *",
+            "1- * * * *",
+            "-1 * * * *",
+            "*-5 * * * *",
+            "1,,2 * * * *",
+            ",1 * * * *",
+            "1, * * * *",
+            "+5 * * * *",
+            "1.5 * * * *",
+            "99999999999 * * * *",
+            "a * * * *",
+            "0 0 * * MON",
+            "0 0 * JAN *",
+            "0 0 L * *",
+            "0 0 ? * 1",
+            "0 0 1W * *",
+            "0 0 * * 5#3",
+            "@daily",
+            "0\u{a0}0 * * *",
+            long.as_str(),
+            // Syntactically fine but too rare: never, or not every year.
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 29 2 *",
+            // `*/31` starts with `*`: February 1 AND a Monday, some years only.
+            "0 0 */31 2 1",
+        ] {
+            let err = cron_def("c", e).validate().unwrap_err();
+            assert!(
+                matches!(err, LeaderboardError::Invalid { field: "cron", .. }),
+                "{e:?}: {err}"
+            );
+        }
+        // `reset = "cron"` and `cron` go together.
+        let mut d = cron_def("c", "0 18 * * 5");
+        d.cron = None;
+        assert_eq!(d.validate().unwrap_err().field(), Some("cron"));
+        let mut d = cron_def("c", "0 18 * * 5");
+        d.reset = Reset::Weekly;
+        assert_eq!(d.validate().unwrap_err().field(), Some("cron"));
+    }
+
+    #[test]
+    fn cron_period_is_the_last_fire_time() {
+        let fri = "0 18 * * 5";
+        // At, just before and just after a fire time.
+        assert_eq!(
+            cron_period(fri, at(2026, 11, 20, 18, 0, 0)),
+            "cron-2026-11-20T18:00"
+        );
+        assert_eq!(
+            cron_period(fri, at(2026, 11, 20, 17, 59, 59)),
+            "cron-2026-11-13T18:00"
+        );
+        assert_eq!(
+            cron_period(fri, at(2026, 11, 20, 18, 0, 1)),
+            "cron-2026-11-20T18:00"
+        );
+        assert_eq!(
+            cron_period(fri, at(2026, 11, 27, 17, 59, 59)),
+            "cron-2026-11-20T18:00"
+        );
+        // Across a year boundary (2027-01-01 is a Friday).
+        assert_eq!(
+            cron_period(fri, at(2027, 1, 1, 0, 0, 0)),
+            "cron-2026-12-25T18:00"
+        );
+        // Several fire times a day.
+        let q = "*/15 9-17 * * *";
+        assert_eq!(
+            cron_period(q, at(2026, 11, 25, 9, 14, 59)),
+            "cron-2026-11-25T09:00"
+        );
+        assert_eq!(
+            cron_period(q, at(2026, 11, 25, 9, 15, 0)),
+            "cron-2026-11-25T09:15"
+        );
+        assert_eq!(
+            cron_period(q, at(2026, 11, 25, 8, 59, 59)),
+            "cron-2026-11-24T17:45"
+        );
+        assert_eq!(
+            cron_period(q, at(2026, 11, 25, 23, 59, 0)),
+            "cron-2026-11-25T17:45"
+        );
+        // The longest lookback: a yearly schedule from just before its next
+        // fire, across a leap year (366 days back).
+        assert_eq!(
+            cron_period("59 23 31 12 *", at(2024, 12, 31, 23, 58, 59)),
+            "cron-2023-12-31T23:59"
+        );
+        assert_eq!(
+            cron_period("0 0 1 1 *", at(2024, 12, 31, 23, 59, 59)),
+            "cron-2024-01-01T00:00"
+        );
+        // A period starts exactly at its fire time, seconds ignored.
+        let s = CronSchedule::parse(fri).unwrap();
+        let fire = at(2026, 11, 20, 18, 0, 0).naive_utc();
+        assert!(s.matches(fire));
+        assert_eq!(
+            s.last_fire_at_or_before(at(2026, 11, 20, 18, 0, 59)),
+            Some(fire)
+        );
+        // An expression with no fire time in the window gives no period (such
+        // a definition is refused by `validate`).
+        let never = CronSchedule::parse("0 0 30 2 *").unwrap();
+        assert_eq!(
+            never.last_fire_at_or_before(at(2026, 11, 25, 0, 0, 0)),
+            None
+        );
+        let mut d = cron_def("c", "0 0 30 2 *");
+        assert_eq!(
+            d.period_label(at(2026, 11, 25, 0, 0, 0))
+                .unwrap_err()
+                .field(),
+            Some("cron")
+        );
+        d.cron = Some("nonsense".into());
+        assert_eq!(
+            d.period_label(at(2026, 11, 25, 0, 0, 0))
+                .unwrap_err()
+                .field(),
+            Some("cron")
+        );
+    }
+
+    /// The day-by-day search agrees with a minute-by-minute one.
+    #[test]
+    fn cron_search_matches_brute_force() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for expr in [
+            "* * * * *",
+            "0 18 * * 5",
+            "*/15 9-17 * * *",
+            "30 */6 1,15 * *",
+            "0 0 1 * 1",
+            "0 0 */2 * 1",
+            "5-10/2 22-23 * * 0,6",
+            "0 12 13 * 5",
+            "59 23 28-31 * *",
+        ] {
+            let s = CronSchedule::parse(expr).unwrap();
+            for _ in 0..20 {
+                let now = at(2026, 1, 1, 0, 0, 0)
+                    + chrono::Duration::seconds((next() % (3 * 366 * 86_400)) as i64);
+                let mut m = now.naive_utc().with_second(0).unwrap();
+                while !s.matches(m) {
+                    m -= chrono::Duration::minutes(1);
+                }
+                assert_eq!(s.last_fire_at_or_before(now), Some(m), "{expr} {now}");
+            }
+        }
+    }
+
+    #[test]
+    fn cron_day_fields_are_ored_when_both_restricted() {
+        // The 1st of the month OR a Monday (2026-11-30 is a Monday,
+        // 2026-12-01 a Tuesday).
+        let s = CronSchedule::parse("0 0 1 * 1").unwrap();
+        let day = |y, m, d| at(y, m, d, 0, 0, 0).naive_utc();
+        assert!(s.matches(day(2026, 12, 1)));
+        assert!(s.matches(day(2026, 11, 30)));
+        assert!(!s.matches(day(2026, 12, 2)));
+        assert_eq!(
+            cron_period("0 0 1 * 1", at(2026, 12, 6, 12, 0, 0)),
+            "cron-2026-12-01T00:00"
+        );
+        assert_eq!(
+            cron_period("0 0 1 * 1", at(2026, 12, 7, 12, 0, 0)),
+            "cron-2026-12-07T00:00"
+        );
+        // The month still restricts both: the 15th of March or a Monday in
+        // March (2026-03-15 is a Sunday, 2026-03-30 a Monday).
+        assert_eq!(
+            cron_period("0 6 15 3 1", at(2026, 11, 25, 0, 0, 0)),
+            "cron-2026-03-30T06:00"
+        );
+        assert_eq!(
+            cron_period("0 6 15 3 *", at(2026, 11, 25, 0, 0, 0)),
+            "cron-2026-03-15T06:00"
+        );
+        // Only one day field restricted: only it counts.
+        assert_eq!(
+            cron_period("0 0 1 * *", at(2026, 12, 7, 12, 0, 0)),
+            "cron-2026-12-01T00:00"
+        );
+        assert_eq!(
+            cron_period("0 0 * * 1", at(2026, 12, 6, 12, 0, 0)),
+            "cron-2026-11-30T00:00"
+        );
+        // A field starting with `*` is unrestricted even with a step (Vixie):
+        // then both must match, an odd day AND a Monday.
+        let s = CronSchedule::parse("0 0 */2 * 1").unwrap();
+        assert!(!s.matches(day(2026, 11, 30)));
+        assert!(!s.matches(day(2026, 12, 1)));
+        assert!(s.matches(day(2026, 12, 7)));
+        // Sunday as 7.
+        assert_eq!(
+            cron_period("0 12 * * 7", at(2026, 11, 30, 0, 0, 0)),
+            "cron-2026-11-29T12:00"
+        );
+    }
+
+    #[test]
+    fn cron_config_is_backward_compatible() {
+        // Existing definitions parse as before and serialize without `cron`.
+        let d: BoardDef = serde_json::from_str(r#"{"name":"w","reset":"weekly"}"#).unwrap();
+        assert_eq!((d.reset, d.cron.as_deref()), (Reset::Weekly, None));
+        d.validate().unwrap();
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(!json.contains("cron"), "{json}");
+        assert_eq!(serde_json::from_str::<BoardDef>(&json).unwrap(), d);
+        // The new shape round-trips.
+        let d: BoardDef =
+            serde_json::from_str(r#"{"name":"f","reset":"cron","cron":"0 18 * * 5"}"#).unwrap();
+        assert_eq!(d, cron_def("f", "0 18 * * 5"));
+        d.validate().unwrap();
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<BoardDef>(&json).unwrap(), d);
+        // Unknown fields are still refused.
+        let bad = r#"{"name":"f","reset":"cron","schedule":"0 18 * * 5"}"#;
+        assert!(serde_json::from_str::<BoardDef>(bad).is_err());
+        // The existing resets label exactly as before.
+        let now = t(2026, 11, 25);
+        for (reset, label) in [
+            (Reset::None, "all"),
+            (Reset::Daily, "daily-2026-11-25"),
+            (Reset::Weekly, "weekly-2026-W48"),
+            (Reset::Monthly, "monthly-2026-11"),
+        ] {
+            let d = BoardDef {
+                reset,
+                ..def("x", SortOrder::Desc, Operator::Best)
+            };
+            assert_eq!(period_label(reset, now), label);
+            assert_eq!(d.period_label(now).unwrap(), label);
+            d.check_period(label).unwrap();
+            assert_eq!(
+                d.check_period("cron-2026-11-20T18:00").unwrap_err().field(),
+                Some("period")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn cron_board_submits_and_reads_by_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let fri = cron_def("friday", "0 18 * * 5");
+        let now = t(2026, 11, 25);
+        {
+            let e = open_at(dir.path(), 1).await;
+            e.add_board(fri.clone()).await.unwrap();
+            // The identical definition again is a no-op.
+            e.add_board(fri.clone()).await.unwrap();
+            let s = e
+                .submit("friday", pid(1), 10, at(2026, 11, 20, 17, 59, 59))
+                .await
+                .unwrap();
+            assert_eq!(s.period, "cron-2026-11-13T18:00");
+            assert_eq!(s.board_key, "friday/cron-2026-11-13T18:00");
+            let s = e
+                .submit("friday", pid(2), 20, at(2026, 11, 20, 18, 0, 0))
+                .await
+                .unwrap();
+            assert_eq!((s.period.as_str(), s.rank), ("cron-2026-11-20T18:00", 1));
+            e.submit("friday", pid(3), 30, now).await.unwrap();
+            let cur = e.top("friday", None, 10, 0, now).unwrap();
+            assert_eq!(cur.period, "cron-2026-11-20T18:00");
+            assert_eq!(cur.total, 2);
+            assert_eq!(cur.entries[0].player_id, pid(3));
+            let past_label = "cron-2026-11-13T18:00";
+            let label = Some(past_label);
+            let past = e.top("friday", label, 10, 0, now).unwrap();
+            assert_eq!((past.period.as_str(), past.total), (past_label, 1));
+            assert_eq!(past.entries[0].player_id, pid(1));
+            assert_eq!(
+                e.rank("friday", label, pid(1), now).unwrap().unwrap().score,
+                10
+            );
+            assert_eq!(e.rank("friday", label, pid(3), now).unwrap(), None);
+            assert_eq!(e.around("friday", label, pid(1), 5, now).unwrap().total, 1);
+            for bad in [
+                "cron-2026-11-20T18:01",
+                "cron-2026-11-19T18:00",
+                "cron-2026-11-20T18:00:00",
+                "cron-2026-11-20 18:00",
+                "cron-2026-11-20t18:00",
+                "cron-2026-11-20T6:00",
+                "cron-2026-02-30T18:00",
+                "2026-11-20T18:00",
+                "weekly-2026-W48",
+                "all",
+                "cron",
+                "",
+            ] {
+                let err = e.top("friday", Some(bad), 10, 0, now).unwrap_err();
+                assert_eq!(err.field(), Some("period"), "{bad}");
+            }
+            // A malformed expression is refused naming the field.
+            let err = e
+                .add_board(cron_def("bad", "0 18 * * FRI"))
+                .await
+                .unwrap_err();
+            assert!(matches!(
+                err,
+                LeaderboardError::Invalid { field: "cron", .. }
+            ));
+            assert!(e.boards().iter().all(|d| d.name != "bad"));
+            // Another schedule under the same name conflicts.
+            assert!(matches!(
+                e.add_board(cron_def("friday", "0 19 * * 5")).await,
+                Err(LeaderboardError::BoardExists { .. })
+            ));
+            // The fixed resets are unaffected.
+            let s = e.submit("weekly", pid(1), 1, now).await.unwrap();
+            assert_eq!(s.period, "weekly-2026-W48");
+        }
+        // After a restart the definition (with its schedule) and both
+        // periods come back.
+        let e = open_at(dir.path(), 1).await;
+        assert!(e.boards().contains(&fri));
+        assert_eq!(
+            e.count("friday", Some("cron-2026-11-13T18:00"), now)
+                .unwrap(),
+            1
+        );
+        assert_eq!(e.count("friday", None, now).unwrap(), 2);
+        drop(e);
+        // A config board with a malformed expression fails the open, naming
+        // the field.
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open_sled(dir.path()).unwrap();
+        let mut cfg = config();
+        cfg.boards.push(cron_def("bad", "0 18 * *"));
+        let err = LeaderboardEngine::open(storage, &cfg, 1, "eu-west")
+            .err()
+            .unwrap();
+        assert_eq!(err.field(), Some("cron"));
     }
 
     /// Rebuild time for 1M entries (not asserted). Run with
