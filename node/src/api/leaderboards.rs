@@ -101,12 +101,7 @@ pub struct PageView {
 
 fn entry_view(state: &Shared, e: Entry) -> EntryView {
     let player_id = e.player_id.to_string();
-    let username = state
-        .accounts
-        .get(&player_id)
-        .ok()
-        .flatten()
-        .map(|a| a.username);
+    let username = state.accounts.username(&player_id);
     let last_updated = chrono::DateTime::from_timestamp_millis(e.last_updated_ms as i64)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

@@ -30,6 +30,9 @@ pub const ARGON2_ITERATIONS: u32 = 2;
 pub const ARGON2_PARALLELISM: u32 = 1;
 /// Devices linked to one account.
 pub const DEVICES_PER_ACCOUNT_MAX: usize = 16;
+/// Usernames cached in memory for leaderboard pages (they never change);
+/// the cache is cleared when full.
+pub const USERNAME_CACHE_MAX: usize = 1_000_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Account {
@@ -115,6 +118,7 @@ pub struct Accounts {
     /// Verified against when the account does not exist, so a login for an
     /// unknown name costs the same time as a wrong password.
     dummy_hash: String,
+    usernames: std::sync::RwLock<std::collections::HashMap<String, String>>,
 }
 
 fn sha_key(prefix: &str, secret: &str) -> Vec<u8> {
@@ -178,6 +182,7 @@ impl Accounts {
             refresh_ttl_s,
             hashing: Semaphore::new(hash_concurrency.max(1)),
             dummy_hash: hash_password("meridian-dummy-password")?,
+            usernames: Default::default(),
         })
     }
 
@@ -199,6 +204,25 @@ impl Accounts {
             Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(internal)?)),
             None => Ok(None),
         }
+    }
+
+    /// A player's username, from memory when seen before.
+    pub fn username(&self, player_id: &str) -> Option<String> {
+        if let Some(u) = self
+            .usernames
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(player_id)
+        {
+            return Some(u.clone());
+        }
+        let name = self.get(player_id).ok().flatten()?.username;
+        let mut cache = self.usernames.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= USERNAME_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(player_id.to_string(), name.clone());
+        Some(name)
     }
 
     fn lookup(&self, index_key: &[u8]) -> Result<Option<Account>, AuthError> {
