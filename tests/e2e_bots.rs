@@ -7,7 +7,8 @@ use common::*;
 #[test]
 fn every_bot_scenario_runs_without_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]);
+    // Short matches, so the full-session scenario plays whole games in the smoke run.
+    let node = Node::start(dir.path(), &[("MERIDIAN_DGS__MATCH_DURATION_S", "1")]);
     for scenario in meridian_sim::bots::SCENARIOS {
         let out = dir.path().join(format!("{scenario}.json"));
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))

@@ -32,7 +32,10 @@ pub const SCENARIOS: &[&str] = &[
     "telemetry",
     "economy",
     "leaderboard",
+    "full-session",
 ];
+/// In the full-session scenario, how long a bot waits to be matched.
+pub const MATCH_WAIT_MAX: Duration = Duration::from_secs(60);
 /// In the leaderboard scenario, one step in this many is a server submit; the rest are reads.
 pub const LEADERBOARD_SUBMIT_EVERY: u64 = 10;
 /// Coins each economy bot is granted at setup.
@@ -118,8 +121,10 @@ impl BotConfig {
                 return e(format!("--rate: must be 1..={RATE_MAX_PER_S}"));
             }
         }
-        if matches!(self.scenario.as_str(), "economy" | "leaderboard")
-            && self.server_token.is_none()
+        if matches!(
+            self.scenario.as_str(),
+            "economy" | "leaderboard" | "full-session"
+        ) && self.server_token.is_none()
         {
             return e(format!(
                 "--server-token: the {} scenario needs a server-role token",
@@ -223,6 +228,8 @@ impl Report {
 }
 
 struct Ctx {
+    /// When the measured run ends (set when it starts).
+    run_end: std::sync::OnceLock<Instant>,
     cfg: BotConfig,
     http: reqwest::Client,
     rec: Recorder,
@@ -296,7 +303,7 @@ async fn setup_player(ctx: &Ctx, i: usize) -> Result<Player, String> {
         )
         .await?;
     }
-    if ctx.cfg.scenario == "economy" {
+    if matches!(ctx.cfg.scenario.as_str(), "economy" | "full-session") {
         let grant = json!({
             "player_id": r["player_id"], "currency": "coins", "amount": ECONOMY_SETUP_COINS,
             "reason": "bots", "idempotency_key": format!("bots-{}-{i}", ctx.run_id)
@@ -381,6 +388,7 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
                 Err(code) => ctx.rec.err("telemetry_batch20", code),
             }
         }
+        "full-session" => full_session(ctx, player, n).await,
         "economy" => {
             let body = json!({"item_id": "potion", "quantity": 1, "currency": "coins", "idempotency_key": format!("{}-{n}", ctx.run_id)});
             let receipt = match post(
@@ -455,6 +463,84 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
     }
 }
 
+/// Login is done at setup; here: queue for a duel, wait for the match, play
+/// it over UDP with the session token, then buy an item.
+async fn full_session(ctx: &Ctx, player: &Player, n: u64) {
+    let base = &ctx.cfg.targets[player.target];
+    let region = match read(ctx.http.get(format!("{base}/regions")).send().await).await {
+        Ok(v) => v
+            .as_array()
+            .and_then(|r| r.iter().find(|x| x["status"] == "self"))
+            .and_then(|x| x["region"].as_str())
+            .unwrap_or("")
+            .to_string(),
+        Err(code) => return ctx.rec.err("regions", code),
+    };
+    let t = Instant::now();
+    let body = json!({"game_mode": "duel", "latencies": {region: 20.0}});
+    let ticket = match post(
+        ctx,
+        player.target,
+        "/matchmaking/join",
+        Some(&player.token),
+        &body,
+    )
+    .await
+    {
+        Ok(v) => v["ticket_id"].as_str().unwrap_or_default().to_string(),
+        Err(code) => return ctx.rec.err("join", code),
+    };
+    let m = loop {
+        let url = format!("{base}/matchmaking/status?ticket_id={ticket}");
+        match read(ctx.http.get(url).bearer_auth(&player.token).send().await).await {
+            Ok(v) if v["status"] == "matched" => break v["match"].clone(),
+            Ok(v) if v["status"] == "searching" => {}
+            Ok(v) => return ctx.rec.err("match_wait", format!("ticket {}", v["status"])),
+            Err(code) => return ctx.rec.err("match_wait", code),
+        }
+        if ctx.run_end.get().is_some_and(|end| Instant::now() > *end) {
+            // The run is over and no partner will come: withdraw, not an error.
+            let url = format!("{base}/matchmaking/tickets/{ticket}");
+            let _ = ctx.http.delete(url).bearer_auth(&player.token).send().await;
+            return;
+        }
+        if t.elapsed() > MATCH_WAIT_MAX {
+            return ctx.rec.err("match_wait", "timeout".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ctx.rec.ok("match_wait", t.elapsed());
+    let addr = format!("{}:{}", m["host"].as_str().unwrap_or(""), m["port"]);
+    let (Ok(addr), Ok(token)) = (
+        addr.parse::<std::net::SocketAddr>(),
+        meridian_dgs::token::SessionToken::from_base64(m["token"].as_str().unwrap_or("")),
+    ) else {
+        return ctx.rec.err("play", "bad_match_info".into());
+    };
+    let t = Instant::now();
+    match meridian_dgs::bot::run_bot(addr, &token, &meridian_dgs::bot::BotConfig::default()).await {
+        Ok(o) if matches!(o.end, meridian_dgs::bot::BotEnd::Ended { .. }) => {
+            ctx.rec.ok("play", t.elapsed())
+        }
+        Ok(o) => return ctx.rec.err("play", format!("{:?}", o.end)),
+        Err(e) => return ctx.rec.err("play", e.to_string()),
+    }
+    let t = Instant::now();
+    let body = json!({"item_id": "potion", "quantity": 1, "currency": "coins", "idempotency_key": format!("{}-{n}-fs", ctx.run_id)});
+    match post(
+        ctx,
+        player.target,
+        "/store/purchase",
+        Some(&player.token),
+        &body,
+    )
+    .await
+    {
+        Ok(_) => ctx.rec.ok("purchase", t.elapsed()),
+        Err(code) => ctx.rec.err("purchase", code),
+    }
+}
+
 /// Run the bots and return the report.
 pub async fn run(cfg: BotConfig) -> Result<Report, BotError> {
     cfg.validate()?;
@@ -465,6 +551,7 @@ pub async fn run(cfg: BotConfig) -> Result<Report, BotError> {
         .map_err(|e| BotError::Config(e.to_string()))?;
     let run_id = format!("{:x}", chrono::Utc::now().timestamp_millis() % 0xffff_ffff);
     let mut ctx = Ctx {
+        run_end: std::sync::OnceLock::new(),
         cfg: cfg.clone(),
         http,
         rec: Recorder::default(),
@@ -498,6 +585,7 @@ pub async fn run(cfg: BotConfig) -> Result<Report, BotError> {
 
     let start = Instant::now();
     let end = start + cfg.duration;
+    let _ = ctx.run_end.set(end);
     let progress = cfg.progress.then(|| {
         let ctx = ctx.clone();
         tokio::spawn(async move {
