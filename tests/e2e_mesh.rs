@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `meridian_mesh::membership::CONVERGENCE_BOUND` plus start-up slack.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(10);
@@ -37,21 +37,6 @@ pub async fn member(viewer: &Node, node_id: &str) -> Option<(String, u64)> {
                 m["incarnation"].as_u64().unwrap_or(0),
             )
         })
-}
-
-pub async fn wait_for(
-    what: &str,
-    within: Duration,
-    mut check: impl AsyncFnMut() -> bool,
-) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if check().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within {within:?}");
 }
 
 fn start_region(dir: &Path, name: &str, region: &str, ca: &Path, seeds: &[&Node]) -> Node {

@@ -12,7 +12,7 @@ use common::*;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DOWN_WITHIN: Duration = Duration::from_secs(10);
 const HEAL_WITHIN: Duration = Duration::from_secs(20);
@@ -161,17 +161,6 @@ async fn sees(viewer: &Node, node: &str, state: &str) -> bool {
         .any(|(n, s)| n == node && s == state)
 }
 
-async fn wait(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if f().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{what}: not within {within:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_in_network_namespaces_then_heal() {
     let net = match Net::setup() {
@@ -215,7 +204,7 @@ async fn partition_in_network_namespaces_then_heal() {
             vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)],
         ));
     }
-    wait("all alive before the partition", HEAL_WITHIN, async || {
+    wait_for("all alive before the partition", HEAL_WITHIN, async || {
         for n in &nodes {
             let s = states(n).await;
             if s.len() != 2 || s.iter().any(|(_, st)| st != "alive") {
@@ -227,7 +216,7 @@ async fn partition_in_network_namespaces_then_heal() {
     .await;
 
     net.isolate(0).expect("nft partition");
-    let t = wait("both sides see the other down", DOWN_WITHIN, async || {
+    let t = wait_for("both sides see the other down", DOWN_WITHIN, async || {
         sees(&nodes[0], "node-1", "down").await
             && sees(&nodes[0], "node-2", "down").await
             && sees(&nodes[1], "node-0", "down").await
@@ -244,7 +233,7 @@ async fn partition_in_network_namespaces_then_heal() {
     }
 
     net.heal(0).expect("nft heal");
-    let t = wait("all alive again after the heal", HEAL_WITHIN, async || {
+    let t = wait_for("all alive again after the heal", HEAL_WITHIN, async || {
         for n in &nodes {
             let s = states(n).await;
             if s.iter().filter(|(_, st)| st == "alive").count() != 2 {

@@ -270,3 +270,20 @@ pub fn error_code(body: &serde_json::Value) -> String {
     );
     e["code"].as_str().expect("error code").to_string()
 }
+
+/// Poll `check` every 100 ms until it holds; panics after `within`.
+/// Returns how long it took.
+pub async fn wait_for(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within {within:?}");
+}
