@@ -185,6 +185,18 @@ async fn grant_purchase_inventory_idempotency_and_errors() {
     // A failed purchase stores nothing: the same key works once funds exist.
     grant(&base, pid, 10, "gems-none").await;
 
+    // Grants name a real player.
+    for (player, status) in [
+        ("not-a-uuid", 400),
+        ("00000000-0000-0000-0000-000000000000", 404),
+    ] {
+        let (s, _, b) = call(client().post(format!("{base}/economy/grant")).header("authorization", auth(SERVER_TOKEN)).json(&json!({
+            "player_id": player, "currency": "coins", "amount": 5, "reason": "x", "idempotency_key": "nobody"
+        })))
+        .await;
+        assert_eq!(s, status, "{b}");
+    }
+
     // Roles: players cannot grant or read another inventory; servers can read.
     let (s, _, _) = call(client().post(format!("{base}/economy/grant")).header("authorization", auth(token)).json(&json!({
         "player_id": pid, "currency": "coins", "amount": 5, "reason": "x", "idempotency_key": "self"

@@ -179,9 +179,9 @@ pub async fn grant(
             "grants come from game servers and admins",
         ));
     }
-    if state.accounts.get(&req.player_id).ok().flatten().is_none()
-        && uuid::Uuid::parse_str(&req.player_id).is_ok()
-    {
+    uuid::Uuid::parse_str(&req.player_id)
+        .map_err(|_| ApiError::invalid("player_id", "not a player id (UUID)"))?;
+    if state.accounts.get(&req.player_id)?.is_none() {
         return Err(ApiError::not_found(
             "player_not_found",
             "player_id: no such player",
