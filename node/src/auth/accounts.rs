@@ -9,8 +9,10 @@
 //! Refresh rotation: every refresh marks the presented token spent and issues
 //! a new one in the same family (one family = one login). Presenting a spent
 //! token again is reuse: the whole family is revoked, so neither the thief nor
-//! the victim can refresh any more and must log in again. Access tokens are
-//! stateless and live until their `exp` (15 min by default) after a logout.
+//! the victim can refresh any more and must log in again. Access tokens carry
+//! their login (`sid`); every request checks that the login is not revoked
+//! ([`Accounts::login_revoked`]), so a logout or a detected reuse also ends
+//! that login's access tokens at once, not at their `exp`.
 
 use super::names::{self, Username};
 use super::tokens::Keyring;
