@@ -169,6 +169,9 @@ fn main() -> std::process::ExitCode {
                 }
             };
             meridian::node::init_logging(&cfg.log_format);
+            // One descriptor per client connection: take what the kernel allows.
+            let fds = meridian_sim::bots::raise_fd_limit();
+            tracing::info!(open_files_max = fds, "file descriptor limit");
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

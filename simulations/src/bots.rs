@@ -33,7 +33,14 @@ pub const SCENARIOS: &[&str] = &[
     "economy",
     "leaderboard",
     "full-session",
+    "ws-idle",
 ];
+/// Open file descriptors this process asks for (idle-connection runs need
+/// one per connection); capped by the kernel's `fs.nr_open`.
+pub const FD_LIMIT_WANTED: u64 = 1_048_576;
+/// Idle WebSockets opened per source address (127.0.0.x), under the
+/// ephemeral port range of one address.
+pub const WS_PER_SOURCE_IP: usize = 20_000;
 /// In the full-session scenario, how long a bot waits to be matched.
 pub const MATCH_WAIT_MAX: Duration = Duration::from_secs(60);
 /// In the leaderboard scenario, one step in this many is a server submit; the rest are reads.
@@ -544,6 +551,7 @@ async fn full_session(ctx: &Ctx, player: &Player, n: u64) {
 /// Run the bots and return the report.
 pub async fn run(cfg: BotConfig) -> Result<Report, BotError> {
     cfg.validate()?;
+    raise_fd_limit();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(cfg.concurrency.max(64))
@@ -604,6 +612,109 @@ pub async fn run(cfg: BotConfig) -> Result<Report, BotError> {
         })
     });
 
+    if cfg.scenario == "ws-idle" {
+        ws_idle(&ctx, end).await;
+    } else {
+        run_steps(&ctx, &cfg, start, end).await;
+    }
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    report(&ctx, &cfg, start)
+}
+
+/// Raise this process's open-file limit (root may raise the hard limit).
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        let want = libc::rlimit {
+            rlim_cur: FD_LIMIT_WANTED,
+            rlim_max: FD_LIMIT_WANTED.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return FD_LIMIT_WANTED;
+        }
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            lim.rlim_max
+        } else {
+            lim.rlim_cur
+        }
+    }
+}
+
+/// Open one WebSocket per player, keep them all idle until `end`.
+async fn ws_idle(ctx: &Arc<Ctx>, end: Instant) {
+    use futures::StreamExt;
+    let sem = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, player) in ctx.players.iter().cloned().enumerate() {
+        let (ctx, sem) = (ctx.clone(), sem.clone());
+        tasks.spawn(async move {
+            let opened = {
+                let _permit = sem.acquire().await;
+                if Instant::now() >= end {
+                    return;
+                }
+                let t = Instant::now();
+                match open_ws(&ctx.cfg.targets[player.target], &player.token, i).await {
+                    Ok(ws) => {
+                        ctx.rec.ok("ws_connect", t.elapsed());
+                        ws
+                    }
+                    Err(code) => return ctx.rec.err("ws_connect", code),
+                }
+            };
+            // Idle: read whatever the node pushes until the run ends.
+            let (_sink, mut stream) = opened.split();
+            let _ = tokio::time::timeout(end.saturating_duration_since(Instant::now()), async {
+                while let Some(Ok(_)) = stream.next().await {}
+            })
+            .await;
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connect from 127.0.0.(1 + i / WS_PER_SOURCE_IP) so one client address's
+/// ephemeral ports do not cap the count.
+async fn open_ws(base: &str, token: &str, i: usize) -> Result<Ws, String> {
+    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(hostport)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or("resolve")?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if addr.ip().is_loopback() {
+        let k = 1 + (i / WS_PER_SOURCE_IP) % 250;
+        let _ = socket.bind(std::net::SocketAddr::from(([127, 0, 0, k as u8], 0)));
+    }
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect {e}"))?;
+    let url = format!("ws://{hostport}/ws?access_token={token}");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("handshake {e}"))?;
+    Ok(ws)
+}
+
+async fn run_steps(ctx: &Arc<Ctx>, cfg: &BotConfig, start: Instant, end: Instant) {
     match cfg.rate {
         None => {
             let mut workers = Vec::new();
@@ -650,10 +761,9 @@ pub async fn run(cfg: BotConfig) -> Result<Report, BotError> {
             while tasks.join_next().await.is_some() {}
         }
     }
-    if let Some(p) = progress {
-        p.abort();
-        eprintln!();
-    }
+}
+
+fn report(ctx: &Ctx, cfg: &BotConfig, start: Instant) -> Result<Report, BotError> {
     let elapsed = start.elapsed().as_secs_f64();
     let ops = ctx.rec.ops.lock().unwrap_or_else(|p| p.into_inner());
     let ms = |v: u64| v as f64 / 1000.0;

@@ -21,6 +21,10 @@ use uuid::Uuid;
 pub const WS_CONNECTIONS_MAX: usize = 200_000;
 /// Largest message a client may send on `/ws`.
 pub const WS_MESSAGE_MAX_BYTES: usize = 4096;
+/// Read and write buffer of one `/ws` socket.
+pub const WS_BUFFER_BYTES: usize = 4096;
+/// Unsent bytes one `/ws` socket may hold before it is closed (slow client).
+pub const WS_WRITE_BUFFER_MAX_BYTES: usize = 256 * 1024;
 /// Party members besides the requester.
 pub const PARTY_MAX: usize = 16;
 
@@ -227,6 +231,11 @@ pub async fn ws(
     let rx = state.games.push.subscribe();
     Ok(upgrade
         .max_message_size(WS_MESSAGE_MAX_BYTES)
+        // Pushes are small JSON messages: tungstenite's 128 KiB default
+        // buffers per socket would cost ~130 KB per idle connection.
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
+        .max_write_buffer_size(WS_WRITE_BUFFER_MAX_BYTES)
         .on_upgrade(move |socket| ws_session(socket, player, rx)))
 }
 
