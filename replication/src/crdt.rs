@@ -174,69 +174,68 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CrdtError> {
     postcard::from_bytes(bytes).map_err(|e| CrdtError::Decode(e.to_string()))
 }
 
-/// Keeps the largest value; among equal values the *earliest* stamp, so
-/// "who reached it first" is preserved for tiebreaks.
+/// Which end of the order an [`ExtremumRegister`] keeps.
+pub trait Direction:
+    Clone + std::fmt::Debug + Default + PartialEq + Eq + Send + Sync + 'static
+{
+    /// Whether value `a` is strictly better than `b`.
+    fn better<T: Ord>(a: &T, b: &T) -> bool;
+}
+
+/// Keeps the largest value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Highest;
+
+/// Keeps the smallest value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lowest;
+
+impl Direction for Highest {
+    fn better<T: Ord>(a: &T, b: &T) -> bool {
+        a > b
+    }
+}
+
+impl Direction for Lowest {
+    fn better<T: Ord>(a: &T, b: &T) -> bool {
+        a < b
+    }
+}
+
+/// Keeps the best value in direction `D`; among equal values the *earliest*
+/// stamp, so "who reached it first" is preserved for tiebreaks. Encodes as
+/// its `entry` alone (the direction is in the type, not on the wire).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MaxRegister<T> {
+pub struct ExtremumRegister<T, D: Direction> {
     pub entry: Option<(T, Hlc)>,
+    #[serde(skip)]
+    direction: std::marker::PhantomData<D>,
 }
 
-impl<T> Default for MaxRegister<T> {
+/// Keeps the largest value ([`ExtremumRegister`] towards [`Highest`]).
+pub type MaxRegister<T> = ExtremumRegister<T, Highest>;
+/// Keeps the smallest value ([`ExtremumRegister`] towards [`Lowest`]).
+pub type MinRegister<T> = ExtremumRegister<T, Lowest>;
+
+impl<T, D: Direction> Default for ExtremumRegister<T, D> {
     fn default() -> Self {
-        Self { entry: None }
+        Self::from_entry(None)
     }
 }
 
-impl<T: Ord + Clone> MaxRegister<T> {
-    /// `(value, stamp)` beats `other` under this register's order.
-    fn wins(a: &(T, Hlc), b: &(T, Hlc)) -> bool {
-        (&a.0, std::cmp::Reverse(a.1)) > (&b.0, std::cmp::Reverse(b.1))
-    }
-
-    pub fn value(&self) -> Option<&T> {
-        self.entry.as_ref().map(|e| &e.0)
-    }
-
-    pub fn stamp(&self) -> Option<Hlc> {
-        self.entry.as_ref().map(|e| e.1)
-    }
-
-    /// Offer a value; returns the delta (`None` if it did not win).
-    pub fn set(&mut self, value: T, at: Hlc) -> Option<Self> {
-        let d = Self {
-            entry: Some((value, at)),
-        };
-        let before = self.clone();
-        self.merge_impl(&d);
-        (*self != before).then_some(d)
-    }
-
-    fn merge_impl(&mut self, other: &Self) {
-        if let Some(o) = &other.entry {
-            match &self.entry {
-                Some(s) if !Self::wins(o, s) => {}
-                _ => self.entry = Some(o.clone()),
-            }
+impl<T, D: Direction> ExtremumRegister<T, D> {
+    pub fn from_entry(entry: Option<(T, Hlc)>) -> Self {
+        Self {
+            entry,
+            direction: std::marker::PhantomData,
         }
     }
 }
 
-/// Keeps the smallest value; among equal values the earliest stamp.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MinRegister<T> {
-    pub entry: Option<(T, Hlc)>,
-}
-
-impl<T> Default for MinRegister<T> {
-    fn default() -> Self {
-        Self { entry: None }
-    }
-}
-
-impl<T: Ord + Clone> MinRegister<T> {
+impl<T: Ord + Clone, D: Direction> ExtremumRegister<T, D> {
+    /// `(value, stamp)` beats `b`: a better value, or the same value stamped earlier.
     fn wins(a: &(T, Hlc), b: &(T, Hlc)) -> bool {
-        (std::cmp::Reverse(&a.0), std::cmp::Reverse(a.1))
-            > (std::cmp::Reverse(&b.0), std::cmp::Reverse(b.1))
+        D::better(&a.0, &b.0) || (a.0 == b.0 && a.1 < b.1)
     }
 
     pub fn value(&self) -> Option<&T> {
@@ -249,9 +248,7 @@ impl<T: Ord + Clone> MinRegister<T> {
 
     /// Offer a value; returns the delta (`None` if it did not win).
     pub fn set(&mut self, value: T, at: Hlc) -> Option<Self> {
-        let d = Self {
-            entry: Some((value, at)),
-        };
+        let d = Self::from_entry(Some((value, at)));
         let before = self.clone();
         self.merge_impl(&d);
         (*self != before).then_some(d)
@@ -421,19 +418,7 @@ impl<T: Ord + Clone> GSet<T> {
     }
 }
 
-impl<T: Ord + Clone + Serialize + DeserializeOwned> Crdt for MaxRegister<T> {
-    fn merge(&mut self, other: &Self) {
-        self.merge_impl(other)
-    }
-    fn delta_since(&self, since: Hlc) -> Option<Self> {
-        self.entry
-            .as_ref()
-            .filter(|e| e.1 > since)
-            .map(|_| self.clone())
-    }
-}
-
-impl<T: Ord + Clone + Serialize + DeserializeOwned> Crdt for MinRegister<T> {
+impl<T: Ord + Clone + Serialize + DeserializeOwned, D: Direction> Crdt for ExtremumRegister<T, D> {
     fn merge(&mut self, other: &Self) {
         self.merge_impl(other)
     }
@@ -513,10 +498,10 @@ mod tests {
     }
 
     fn max_reg() -> impl Strategy<Value = MaxRegister<i64>> {
-        proptest::option::of((-5i64..5, hlc())).prop_map(|entry| MaxRegister { entry })
+        proptest::option::of((-5i64..5, hlc())).prop_map(MaxRegister::from_entry)
     }
     fn min_reg() -> impl Strategy<Value = MinRegister<i64>> {
-        proptest::option::of((-5i64..5, hlc())).prop_map(|entry| MinRegister { entry })
+        proptest::option::of((-5i64..5, hlc())).prop_map(MinRegister::from_entry)
     }
     fn lww_reg() -> impl Strategy<Value = LwwRegister<i64>> {
         proptest::option::of((hlc(), -5i64..5)).prop_map(|entry| LwwRegister { entry })
@@ -755,6 +740,31 @@ mod tests {
             PnCounter::from_bytes(&[0xff, 0xff, 0xff]),
             Err(CrdtError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn extremum_registers_encode_as_their_entry_alone() {
+        // The direction lives in the type: stored and replicated bytes are
+        // the entry's, whichever register holds it.
+        let at = Hlc {
+            wall_ms: 7,
+            logical: 1,
+            node: 3,
+        };
+        let entry = Some((5i64, at));
+        assert_eq!(MaxRegister::from_entry(entry).to_bytes(), encode(&entry));
+        assert_eq!(MinRegister::from_entry(entry).to_bytes(), encode(&entry));
+        let back = MinRegister::<i64>::from_bytes(&encode(&entry)).unwrap();
+        assert_eq!(back.value(), Some(&5));
+        // Same value: the earlier stamp wins in both directions.
+        let later = Hlc { wall_ms: 9, ..at };
+        let mut max = MaxRegister::from_entry(Some((5i64, later)));
+        assert!(max.set(5, at).is_some());
+        assert_eq!(max.stamp(), Some(at));
+        let mut min = MinRegister::from_entry(Some((5i64, at)));
+        assert!(min.set(5, later).is_none());
+        assert!(min.set(4, later).is_some());
+        assert_eq!(min.value(), Some(&4));
     }
 
     #[test]

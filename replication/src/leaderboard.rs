@@ -2176,9 +2176,7 @@ mod tests {
                 DeltaEntry::Score {
                     board_key: "kills/all".into(),
                     player: pid(77),
-                    state: ScoreState::Max(MaxRegister {
-                        entry: Some((5, Hlc::ZERO)),
-                    }),
+                    state: ScoreState::Max(MaxRegister::from_entry(Some((5, Hlc::ZERO)))),
                 },
             ],
             version: 0,
