@@ -183,6 +183,29 @@ impl LogStore {
         let kvs = self.storage.range(&from, Some(&to), limit)?;
         kvs.iter().map(|(_, v)| dec(v)).collect()
     }
+
+    /// Add a delete of every key in `[from, to)` to `b`, scanning in pages.
+    fn delete_range(
+        &self,
+        b: &mut Batch,
+        from: Vec<u8>,
+        to: Option<&[u8]>,
+    ) -> Result<(), crate::store::StoreError> {
+        let mut cursor = from;
+        loop {
+            let page = self.storage.range(&cursor, to, SCAN_PAGE_ENTRIES)?;
+            for (k, _) in &page {
+                b.delete(k.clone());
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == SCAN_PAGE_ENTRIES => {
+                    cursor = k.clone();
+                    cursor.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
 }
 
 impl RaftLogReader<C> for LogStore {
@@ -301,23 +324,8 @@ impl RaftLogStorage<C> for LogStore {
         let prefix = raft_key(self.shard, "log/");
         let end = prefix_end(&prefix);
         let from = log_key(self.shard, log_id.index);
-        let mut cursor = from;
-        loop {
-            let page = self
-                .storage
-                .range(&cursor, end.as_deref(), SCAN_PAGE_ENTRIES)
-                .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
-            for (k, _) in &page {
-                b.delete(k.clone());
-            }
-            match page.last() {
-                Some((k, _)) if page.len() == SCAN_PAGE_ENTRIES => {
-                    cursor = k.clone();
-                    cursor.push(0);
-                }
-                _ => break,
-            }
-        }
+        self.delete_range(&mut b, from, end.as_deref())
+            .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         self.storage
             .commit(&b)
             .await
@@ -332,23 +340,8 @@ impl RaftLogStorage<C> for LogStore {
         );
         let from = raft_key(self.shard, "log/");
         let to = log_key(self.shard, log_id.index.saturating_add(1));
-        let mut cursor = from;
-        loop {
-            let page = self
-                .storage
-                .range(&cursor, Some(&to), SCAN_PAGE_ENTRIES)
-                .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
-            for (k, _) in &page {
-                b.delete(k.clone());
-            }
-            match page.last() {
-                Some((k, _)) if page.len() == SCAN_PAGE_ENTRIES => {
-                    cursor = k.clone();
-                    cursor.push(0);
-                }
-                _ => break,
-            }
-        }
+        self.delete_range(&mut b, from, Some(&to))
+            .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         self.storage
             .commit(&b)
             .await

@@ -412,6 +412,30 @@ impl ShardState {
         s
     }
 
+    /// Store `player`'s new state and one completed transaction; the receipt
+    /// shows the wallet after it and the stacks it touched.
+    fn complete(
+        &mut self,
+        w: &mut Vec<Write>,
+        player: &str,
+        p: PlayerState,
+        tx: Transaction,
+        items: Vec<InventoryItem>,
+    ) -> Receipt {
+        let receipt = Receipt {
+            transaction_id: tx.id.clone(),
+            status: TxStatus::Completed,
+            balances: p.wallet.clone(),
+            items,
+            replayed: false,
+        };
+        let seq = self.next_seq();
+        self.players.insert(player.to_string(), p);
+        w.push(Write::Player(player.to_string()));
+        w.push(Write::Tx { seq, tx });
+        receipt
+    }
+
     fn evict_expired(&mut self, w: &mut Vec<Write>) {
         let idem_cut = self.now().saturating_sub(IDEMPOTENCY_RETENTION_MS);
         let credit_cut = self.now().saturating_sub(CREDIT_RETENTION_MS);
@@ -567,18 +591,7 @@ impl ShardState {
                     tx.item_quantity = q as i64;
                     tx.currency_type = Some(currency.clone());
                     tx.amount = -cost;
-                    let receipt = Receipt {
-                        transaction_id: tx_id.clone(),
-                        status: TxStatus::Completed,
-                        balances: p.wallet.clone(),
-                        items: vec![item],
-                        replayed: false,
-                    };
-                    let seq = s.next_seq();
-                    s.players.insert(player.clone(), p);
-                    w.push(Write::Player(player.clone()));
-                    w.push(Write::Tx { seq, tx });
-                    Ok(receipt)
+                    Ok(s.complete(w, player, p, tx, vec![item]))
                 })
             }
             Command::Grant {
@@ -639,18 +652,7 @@ impl ShardState {
                     }
                     tx.reason = Some(reason.clone());
                     tx.payment_gateway_ref = payment_gateway_ref.clone();
-                    let receipt = Receipt {
-                        transaction_id: tx_id.clone(),
-                        status: TxStatus::Completed,
-                        balances: p.wallet.clone(),
-                        items,
-                        replayed: false,
-                    };
-                    let seq = s.next_seq();
-                    s.players.insert(player.clone(), p);
-                    w.push(Write::Player(player.clone()));
-                    w.push(Write::Tx { seq, tx });
-                    Ok(receipt)
+                    Ok(s.complete(w, player, p, tx, items))
                 })?;
                 if let Some(r) = payment_gateway_ref {
                     if !receipt.replayed {
@@ -690,18 +692,7 @@ impl ShardState {
                     let mut tx = s.tx(tx_id, player, TxKind::Consume, TxStatus::Completed);
                     tx.item_id = Some(after.item_template_id.clone());
                     tx.item_quantity = -(*quantity as i64);
-                    let receipt = Receipt {
-                        transaction_id: tx_id.clone(),
-                        status: TxStatus::Completed,
-                        balances: p.wallet.clone(),
-                        items: vec![after],
-                        replayed: false,
-                    };
-                    let seq = s.next_seq();
-                    s.players.insert(player.clone(), p);
-                    w.push(Write::Player(player.clone()));
-                    w.push(Write::Tx { seq, tx });
-                    Ok(receipt)
+                    Ok(s.complete(w, player, p, tx, vec![after]))
                 })
             }
             Command::Equip {
