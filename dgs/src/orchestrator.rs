@@ -266,7 +266,8 @@ pub struct EmbeddedOrchestrator {
     _tasks: Arc<BackgroundTasks>,
 }
 
-struct BackgroundTasks(Vec<tokio::task::JoinHandle<()>>);
+/// Background tasks aborted when the last handle of an orchestrator drops.
+pub(crate) struct BackgroundTasks(pub(crate) Vec<tokio::task::JoinHandle<()>>);
 impl Drop for BackgroundTasks {
     fn drop(&mut self) {
         for t in &self.0 {

@@ -158,16 +158,7 @@ impl Inner {
 #[derive(Clone)]
 pub struct ProcessOrchestrator {
     inner: Arc<Inner>,
-    _tasks: Arc<Tasks>,
-}
-
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
+    _tasks: Arc<crate::orchestrator::BackgroundTasks>,
 }
 
 impl ProcessOrchestrator {
@@ -212,7 +203,7 @@ impl ProcessOrchestrator {
         Ok((
             Self {
                 inner,
-                _tasks: Arc::new(Tasks(vec![serve, health])),
+                _tasks: Arc::new(crate::orchestrator::BackgroundTasks(vec![serve, health])),
             },
             rx,
         ))
