@@ -241,7 +241,112 @@ impl MeshHandle {
     /// Every known member, this node first. Down members stay listed for
     /// [`membership::REMOVE_DOWN_AFTER`]; a restarted node's old identity is replaced.
     pub fn members(&self) -> Vec<MemberView> {
-        let me = self.identity();
+        self.client().members()
+    }
+
+    /// Replaces this node's metadata and gossips it.
+    pub async fn update_metadata(&self, metadata: NodeMetadata) -> Result<(), MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::UpdateMetadata(metadata, tx))
+            .await
+            .map_err(|_| MeshError::ShuttingDown)?;
+        rx.await.map_err(|_| MeshError::ShuttingDown)?
+    }
+
+    /// Registers (or replaces) the handler of RPC / one-way service `service` (at most
+    /// [`transport::RPC_SERVICE_NAME_MAX_BYTES`]; names starting with `_` are reserved).
+    pub fn register_rpc_handler(&self, service: &str, handler: Arc<dyn RpcHandler>) {
+        self.transport.register_handler(service, handler);
+    }
+
+    /// A cloneable handle for RPCs and one-way messages (for tasks that outlive a borrow
+    /// of the handle, such as replication and the economy's Raft transport).
+    pub fn client(&self) -> MeshClient {
+        MeshClient {
+            transport: self.transport.clone(),
+            shared: self.shared.clone(),
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// Calls `service` on member `node_id` with [`RPC_TIMEOUT_DEFAULT`].
+    pub async fn rpc(&self, node_id: &str, service: &str, body: &[u8]) -> Result<Bytes, MeshError> {
+        self.client().rpc(node_id, service, body).await
+    }
+
+    /// Calls `service` on the node at mesh address `addr` (member or not) with a deadline.
+    pub async fn rpc_addr(
+        &self,
+        addr: SocketAddr,
+        service: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Bytes, MeshError> {
+        self.transport.rpc(addr, service, body, timeout).await
+    }
+
+    /// Sends a one-way message to `service` on member `node_id` (unidirectional stream).
+    pub async fn send_oneway(
+        &self,
+        node_id: &str,
+        service: &str,
+        body: &[u8],
+    ) -> Result<(), MeshError> {
+        self.client().send_oneway(node_id, service, body).await
+    }
+
+    /// Sends a one-way message to every alive member; returns how many sends succeeded.
+    pub async fn broadcast(&self, service: &str, body: &[u8]) -> usize {
+        self.client().broadcast(service, body).await
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<MeshStats> {
+        &self.stats
+    }
+
+    /// Leaves the cluster gracefully (peers see it down at once) and closes the transport.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+        }
+        self.transport.close().await;
+    }
+
+    /// Stops at once without leaving, like a crash (for tests and fault drills).
+    pub fn kill(self) {
+        self.task.abort();
+        self.transport.abort();
+    }
+}
+
+impl Drop for MeshHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.transport.abort();
+    }
+}
+
+/// A cloneable RPC client over the node's mesh transport. It stops working (calls fail
+/// with a transport error) once the [`MeshHandle`] shuts down.
+#[derive(Clone)]
+pub struct MeshClient {
+    transport: Transport,
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl MeshClient {
+    /// Every known member, this node first (see [`MeshHandle::members`]).
+    pub fn members(&self) -> Vec<MemberView> {
+        let me = self
+            .shared
+            .identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let meta = self
             .shared
             .meta
@@ -284,20 +389,33 @@ impl MeshHandle {
         out
     }
 
-    /// Replaces this node's metadata and gossips it.
-    pub async fn update_metadata(&self, metadata: NodeMetadata) -> Result<(), MeshError> {
+    /// Changes this node's metadata with `f` and gossips it.
+    pub async fn update_metadata(
+        &self,
+        f: impl FnOnce(&mut NodeMetadata),
+    ) -> Result<(), MeshError> {
+        let me = self
+            .shared
+            .identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .node_id
+            .clone();
+        let mut meta = self
+            .shared
+            .meta
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&me)
+            .map(|e| e.meta.clone())
+            .ok_or(MeshError::ShuttingDown)?;
+        f(&mut meta);
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::UpdateMetadata(metadata, tx))
+            .send(Command::UpdateMetadata(meta, tx))
             .await
             .map_err(|_| MeshError::ShuttingDown)?;
         rx.await.map_err(|_| MeshError::ShuttingDown)?
-    }
-
-    /// Registers (or replaces) the handler of RPC / one-way service `service` (at most
-    /// [`transport::RPC_SERVICE_NAME_MAX_BYTES`]; names starting with `_` are reserved).
-    pub fn register_rpc_handler(&self, service: &str, handler: Arc<dyn RpcHandler>) {
-        self.transport.register_handler(service, handler);
     }
 
     fn peer_addr(&self, node_id: &str) -> Result<SocketAddr, MeshError> {
@@ -313,21 +431,37 @@ impl MeshHandle {
             .ok_or_else(|| MeshError::UnknownPeer(node_id.to_string()))
     }
 
+    /// Names and regions of the members not declared down (this node excluded).
+    pub fn peers(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .shared
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| r.state != MemberState::Down)
+            .map(|r| (r.id.node_id.clone(), r.id.region.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Calls `service` on member `node_id` with [`RPC_TIMEOUT_DEFAULT`].
     pub async fn rpc(&self, node_id: &str, service: &str, body: &[u8]) -> Result<Bytes, MeshError> {
-        let addr = self.peer_addr(node_id)?;
-        self.rpc_addr(addr, service, body, RPC_TIMEOUT_DEFAULT)
+        self.rpc_timeout(node_id, service, body, RPC_TIMEOUT_DEFAULT)
             .await
     }
 
-    /// Calls `service` on the node at mesh address `addr` (member or not) with a deadline.
-    pub async fn rpc_addr(
+    /// Calls `service` on member `node_id` with a deadline.
+    pub async fn rpc_timeout(
         &self,
-        addr: SocketAddr,
+        node_id: &str,
         service: &str,
         body: &[u8],
         timeout: Duration,
     ) -> Result<Bytes, MeshError> {
+        let addr = self.peer_addr(node_id)?;
         self.transport.rpc(addr, service, body, timeout).await
     }
 
@@ -361,32 +495,5 @@ impl MeshHandle {
             .into_iter()
             .filter(Result::is_ok)
             .count()
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &Arc<MeshStats> {
-        &self.stats
-    }
-
-    /// Leaves the cluster gracefully (peers see it down at once) and closes the transport.
-    pub async fn shutdown(self) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Leave(tx)).await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
-        }
-        self.transport.close().await;
-    }
-
-    /// Stops at once without leaving, like a crash (for tests and fault drills).
-    pub fn kill(self) {
-        self.task.abort();
-        self.transport.abort();
-    }
-}
-
-impl Drop for MeshHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.transport.abort();
     }
 }

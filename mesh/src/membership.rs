@@ -136,6 +136,11 @@ pub struct NodeMetadata {
     pub load: f32,
     /// Software version of the node (informational).
     pub build_version: String,
+    /// Id of the economy cluster the node's shards belong to (0 = none
+    /// yet); nodes of another cluster are never added as voters.
+    pub economy_cluster: u64,
+    /// The node is draining: no new matches, its Raft voters move away.
+    pub draining: bool,
 }
 
 /// SWIM state of a member as seen by this node.

@@ -107,6 +107,8 @@ pub async fn start(
         dgs_capacity: me.capacity.max_matches,
         load: 0.0,
         build_version: env!("CARGO_PKG_VERSION").to_string(),
+        economy_cluster: 0,
+        draining: false,
     };
     let mesh = Mesh::start(MeshConfig {
         node_name: node,

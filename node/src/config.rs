@@ -36,6 +36,8 @@ pub struct Config {
     pub profiles: ProfileConfig,
     pub mesh: MeshSection,
     pub economy: EconomySection,
+    /// Cross-region CRDT replication (accounts, keys, profiles, leaderboards).
+    pub replication: ReplicationSection,
     pub payments: PaymentsSection,
     /// Boards (`[[leaderboards.boards]]`) and the XP level curve; a few demo
     /// boards when none are configured.
@@ -66,6 +68,7 @@ impl Default for Config {
             profiles: ProfileConfig::default(),
             mesh: MeshSection::default(),
             economy: EconomySection::default(),
+            replication: ReplicationSection::default(),
             payments: PaymentsSection::default(),
             leaderboards: Default::default(),
             matchmaking: Default::default(),
@@ -87,6 +90,20 @@ pub struct EconomySection {
     /// The store catalog (`[[economy.catalog.items]]`); a small demo catalog
     /// when empty.
     pub catalog: meridian_replication::economy::Catalog,
+    /// A pristine node founds the economy cluster once it sees this many
+    /// mesh members (itself included) and none of them has an economy yet;
+    /// the founders are the first `bootstrap_expect` names. 1 = found alone
+    /// at start (a single node). Nodes that come later join: a shard leader
+    /// adds them as voters.
+    pub bootstrap_expect: usize,
+    /// Raft voters per shard, in distinct regions where possible (all nodes
+    /// when there are fewer).
+    pub voters_per_shard: usize,
+    /// A voter unreachable this long is replaced by another region's node
+    /// (a draining node's voters move at once).
+    pub voter_down_timeout_s: u64,
+    /// Period of the shard leaders' voter placement check.
+    pub placement_interval_ms: u64,
 }
 
 impl Default for EconomySection {
@@ -96,6 +113,37 @@ impl Default for EconomySection {
             leader_wait_ms: 2_000,
             commit_timeout_ms: 5_000,
             catalog: Default::default(),
+            bootstrap_expect: 1,
+            voters_per_shard: 3,
+            voter_down_timeout_s: 600,
+            placement_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Cross-region CRDT replication over the mesh: a local change pokes every
+/// peer, which pulls what it misses from its per-peer cursor; a periodic
+/// pull is the anti-entropy that catches up after a partition or downtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// Period of the anti-entropy pull from every peer.
+    pub anti_entropy_interval_ms: u64,
+    /// Most changed keys in one pull reply.
+    pub batch_keys_max: usize,
+    /// About the most value bytes in one pull reply.
+    pub batch_bytes_max: usize,
+    /// Local changes within this window share one poke to the peers.
+    pub poke_coalesce_ms: u64,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        Self {
+            anti_entropy_interval_ms: 1_000,
+            batch_keys_max: 1_000,
+            batch_bytes_max: 1024 * 1024,
+            poke_coalesce_ms: 20,
         }
     }
 }

@@ -15,5 +15,6 @@ pub mod matchmaking;
 pub mod node;
 pub mod profiles;
 pub mod regions;
+pub mod replica;
 pub mod telemetry;
 pub mod tools;

@@ -107,6 +107,10 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     std::fs::create_dir_all(&store_dir)
         .with_context(|| format!("creating data dir {}", store_dir.display()))?;
     let storage = Storage::open_sled(&store_dir)?;
+    for p in crate::replica::REPLICATED_PREFIXES {
+        storage.replicate_prefix(p.as_bytes())?;
+    }
+    let replica = crate::replica::Replica::default();
     let keys = Arc::new(Keyring::open(&storage, &region.name).await?);
     let accounts = Accounts::new(
         storage.clone(),
@@ -138,6 +142,12 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
             catalog: catalog_cfg,
             leader_wait_ms: cfg.economy.leader_wait_ms,
             commit_timeout_ms: cfg.economy.commit_timeout_ms,
+            node_id: crate::replica::raft_id(&cfg.node_name()),
+            node_addr: cfg.node_name(),
+            // A cluster of several founders is founded later, by the
+            // replication manager, once they see each other.
+            bootstrap: cfg.economy.bootstrap_expect <= 1,
+            transport: meridian_replication::economy::RaftTransport::Custom(replica.net.clone()),
             ..Default::default()
         },
     )
@@ -215,7 +225,16 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         limiter,
         metrics: install_metrics()?,
         ready: false.into(),
+        draining: false.into(),
+        replica,
     });
+    let client = state.with_mesh(|m| {
+        crate::replica::register(&state, m);
+        m.client()
+    });
+    if let Some(client) = client {
+        crate::replica::spawn(&state, client);
+    }
     // Matcher passes and session reports.
     let tick_state = state.clone();
     tokio::spawn(async move {

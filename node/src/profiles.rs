@@ -169,6 +169,36 @@ impl Profiles {
     }
 }
 
+impl Profiles {
+    /// Merge a replica's automerge document into the local one (under the
+    /// player's lock, so a concurrent patch is never overwritten). Returns
+    /// whether the local document changed. A document that does not load or
+    /// is over [`PROFILE_DOC_MAX_BYTES`] is refused.
+    pub async fn merge_remote(&self, player_id: &str, remote: &[u8]) -> Result<bool, ProfileError> {
+        if remote.len() > PROFILE_DOC_MAX_BYTES {
+            return Err(ProfileError::TooLarge);
+        }
+        let mut theirs =
+            AutoCommit::load(remote).map_err(|e| ProfileError::Corrupt(e.to_string()))?;
+        let _guard = self.locks[stripe(player_id)].lock().await;
+        let mut doc = self.load(player_id)?;
+        let before = doc.get_heads();
+        doc.merge(&mut theirs)
+            .map_err(|e| ProfileError::Corrupt(e.to_string()))?;
+        if doc.get_heads() == before {
+            return Ok(false);
+        }
+        let bytes = doc.save();
+        if bytes.len() > PROFILE_DOC_MAX_BYTES {
+            return Err(ProfileError::TooLarge);
+        }
+        let mut b = Batch::new();
+        b.put(key(player_id), bytes);
+        self.storage.commit(&b).await?;
+        Ok(true)
+    }
+}
+
 fn stripe(player_id: &str) -> usize {
     player_id
         .bytes()

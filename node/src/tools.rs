@@ -174,7 +174,7 @@ pub fn demo(
         let dir = data_dir.join(&r.name);
         std::fs::create_dir_all(&dir)?;
         let mut cfg = format!(
-            "region = {:?}\ndata_dir = {:?}\nregions_dir = {:?}\nadmin_token = {:?}\nlog_format = \"json\"\n[mesh]\nca_dir = {:?}\nbeacon_reply_delay_ms = {}\n[mesh.injected_rtt_ms]\n",
+            "region = {:?}\ndata_dir = {:?}\nregions_dir = {:?}\nadmin_token = {:?}\nlog_format = \"json\"\n[economy]\nbootstrap_expect = 3\n[mesh]\nca_dir = {:?}\nbeacon_reply_delay_ms = {}\n[mesh.injected_rtt_ms]\n",
             r.name, dir, regions_dir, admin, ca_dir, client_ms[i]
         );
         for (j, o) in regions.iter().enumerate().filter(|(j, _)| *j != i) {

@@ -1033,6 +1033,11 @@ impl LeaderboardEngine {
                 .sum::<usize>()
     }
 
+    /// The highest local change version (the cursor a replica pulls from).
+    pub fn version(&self) -> u64 {
+        self.read().version
+    }
+
     /// Entries changed on this node (locally or by merge) after `version`,
     /// at most `limit` (clamped to 1..=[`DELTA_ENTRIES_MAX`]), oldest first.
     pub fn delta_since(&self, version: u64, limit: usize) -> Result<Delta, LeaderboardError> {

@@ -41,6 +41,8 @@ pub fn config(name: &str, region: &str, certs: CertPaths, seeds: Vec<SocketAddr>
             dgs_capacity: 8,
             load: 0.0,
             build_version: "test".into(),
+            economy_cluster: 0,
+            draining: false,
         },
         injected_rtt_by_region: HashMap::new(),
         incarnation: None,

@@ -47,6 +47,10 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// False until start-up finished and again once draining began.
     pub ready: AtomicBool,
+    /// Draining: no new matches; the economy's voters move to other nodes.
+    pub draining: AtomicBool,
+    /// Cross-region replication (Raft over the mesh, CRDT sync).
+    pub replica: crate::replica::Replica,
     /// The region mesh; `None` when disabled or after shutdown left it.
     pub mesh: std::sync::RwLock<Option<meridian_mesh::MeshHandle>>,
     pub beacon: Option<meridian_mesh::beacon::BeaconServer>,
@@ -65,6 +69,10 @@ pub type Shared = Arc<AppState>;
 impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Run `f` with the mesh handle, if the mesh runs.

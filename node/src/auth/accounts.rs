@@ -58,6 +58,10 @@ pub struct RefreshRecord {
     pub family: String,
     pub spent: bool,
     pub expires_at: i64,
+    /// The region that spent it. Replicas merging two different spenders of
+    /// one token have found a reuse across regions and revoke the login.
+    #[serde(default)]
+    pub spent_in: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -335,6 +339,7 @@ impl Accounts {
             family: family.to_string(),
             spent: false,
             expires_at: chrono::Utc::now().timestamp() + self.refresh_ttl_s as i64,
+            spent_in: None,
         };
         b.put(
             sha_key("rt/", &refresh),
@@ -478,6 +483,7 @@ impl Accounts {
             return Err(AuthError::BadRefresh);
         }
         rec.spent = true;
+        rec.spent_in = Some(self.region.clone());
         let mut b = Batch::new();
         // Only one concurrent refresh of this token can win; the loser is a reuse.
         b.require_value(key.clone(), Some(raw))

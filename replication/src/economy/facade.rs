@@ -16,7 +16,7 @@ use super::model::{
 };
 use super::raft::{
     serve_rpc, tx_key, tx_prefix, BoxFuture, EconTypeConfig, InProcessNetwork, LogStore,
-    NetworkFactory, NodeId, RaftRpc, RaftRpcHandler, ShardNetwork, SharedState, StateMachine,
+    NetworkFactory, NodeId, RaftRpc, RaftRpcHandler, RaftRpcKind, ShardNetwork, SharedState, StateMachine,
 };
 use super::state::{body_hash, Command, IdemTag, Request};
 use crate::store::{Batch, Storage};
@@ -143,6 +143,10 @@ pub struct ShardInfo {
     pub shard: u16,
     pub leader: Option<NodeId>,
     pub voters: Vec<NodeId>,
+    /// The voters' node names (their Raft addresses), in `voters` order.
+    pub voter_names: Vec<String>,
+    /// Non-voting members being caught up before they become voters.
+    pub learners: Vec<NodeId>,
     pub term: u64,
     pub last_log_index: Option<u64>,
     pub last_applied_index: Option<u64>,
@@ -159,6 +163,7 @@ struct Shard {
 
 struct Inner {
     storage: Storage,
+    net: Arc<dyn ShardNetwork>,
     shards: Vec<Shard>,
     catalog: Catalog,
     cfg: EconomyConfig,
@@ -214,6 +219,12 @@ fn map_read_err(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> 
         RaftError::APIError(other) => EconomyError::unavailable(other),
         RaftError::Fatal(f) => map_fatal(f),
     }
+}
+
+/// Who leads a shard, as far as this node knows.
+enum Leadership {
+    Local,
+    Remote(NodeId),
 }
 
 fn positive_quantity(field: &str, q: i64) -> Result<u64, EconomyError> {
@@ -334,6 +345,7 @@ impl Economy {
         }
         let inner = Arc::new(Inner {
             storage,
+            net,
             shards: list,
             catalog: cfg.catalog.clone(),
             cfg,
@@ -441,7 +453,7 @@ impl Economy {
     /// Fail fast unless this node leads the shard with a live quorum,
     /// waiting up to `leader_wait_ms` for an election or a first quorum
     /// acknowledgement.
-    async fn lead(&self, sh: &Shard) -> Result<(), EconomyError> {
+    async fn lead(&self, sh: &Shard) -> Result<Leadership, EconomyError> {
         let me = self.inner.cfg.node_id;
         let max_age = self.inner.cfg.quorum_ack_max_age_ms;
         let bound = Duration::from_millis(self.inner.cfg.leader_wait_ms);
@@ -473,26 +485,72 @@ impl Economy {
             }
         };
         match m.current_leader {
-            Some(l) if l == me => Ok(()),
-            other => Err(EconomyError::unavailable(format!(
-                "shard {} is led by node {:?}",
-                sh.id, other
+            Some(l) if l == me => Ok(Leadership::Local),
+            Some(l) => Ok(Leadership::Remote(l)),
+            None => Err(EconomyError::unavailable(format!(
+                "shard {} has no leader",
+                sh.id
             ))),
         }
     }
 
+    /// Send a client RPC to the shard's leader, bounded by the commit timeout.
+    async fn forward(
+        &self,
+        sh: &Shard,
+        leader: NodeId,
+        kind: RaftRpcKind,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, EconomyError> {
+        let rpc = RaftRpc {
+            shard: sh.id,
+            kind,
+            payload,
+        };
+        let bound = Duration::from_millis(self.inner.cfg.commit_timeout_ms);
+        match tokio::time::timeout(bound, self.inner.net.send(leader, rpc)).await {
+            Err(_) => Err(EconomyError::unavailable(format!(
+                "shard {}: leader {leader} did not answer in time; retry with the same idempotency key",
+                sh.id
+            ))),
+            Ok(Err(e)) => Err(EconomyError::unavailable(format!(
+                "shard {}: leader {leader} unreachable ({e}); retry with the same idempotency key",
+                sh.id
+            ))),
+            Ok(Ok(bytes)) => Ok(bytes),
+        }
+    }
+
+    /// Propose `cmd` on its shard: locally when this node leads, else
+    /// forwarded to the leader (one hop; the client never needs to know).
     async fn write(&self, sh: &Shard, cmd: Command) -> Result<Receipt, EconomyError> {
+        let req = Request {
+            ts_ms: now_ms(),
+            cmd,
+        };
+        match self.lead(sh).await? {
+            Leadership::Local => self.commit_local(sh, req).await,
+            Leadership::Remote(leader) => {
+                let payload = postcard::to_allocvec(&req)
+                    .map_err(|e| EconomyError::Storage(format!("encode forward: {e}")))?;
+                let bytes = self
+                    .forward(sh, leader, RaftRpcKind::ClientWrite, payload)
+                    .await?;
+                postcard::from_bytes::<Result<Receipt, EconomyError>>(&bytes).map_err(|e| {
+                    EconomyError::unavailable(format!("shard {}: bad forward reply: {e}", sh.id))
+                })?
+            }
+        }
+    }
+
+    /// Commit a request on a shard this node leads.
+    async fn commit_local(&self, sh: &Shard, req: Request) -> Result<Receipt, EconomyError> {
         let _permit = sh.in_flight.try_acquire().map_err(|_| {
             EconomyError::unavailable(format!(
                 "shard {}: more than {} writes in flight",
                 sh.id, self.inner.cfg.writes_in_flight_per_shard_max
             ))
         })?;
-        self.lead(sh).await?;
-        let req = Request {
-            ts_ms: now_ms(),
-            cmd,
-        };
         let bound = Duration::from_millis(self.inner.cfg.commit_timeout_ms);
         match tokio::time::timeout(bound, sh.raft.client_write(req)).await {
             Err(_) => Err(EconomyError::unavailable(format!(
@@ -510,8 +568,28 @@ impl Economy {
     /// Linearizable read barrier: confirms leadership with a quorum and
     /// waits until the state machine has applied everything committed.
     async fn linearize(&self, sh: &Shard) -> Result<(), EconomyError> {
-        self.lead(sh).await?;
         let bound = Duration::from_millis(self.inner.cfg.commit_timeout_ms);
+        if let Leadership::Remote(leader) = self.lead(sh).await? {
+            // Read index from the leader, then wait to apply up to it here.
+            let bytes = self
+                .forward(sh, leader, RaftRpcKind::ReadIndex, Vec::new())
+                .await?;
+            let index = postcard::from_bytes::<Result<u64, EconomyError>>(&bytes).map_err(|e| {
+                EconomyError::unavailable(format!("shard {}: bad read-index reply: {e}", sh.id))
+            })??;
+            return sh
+                .raft
+                .wait(Some(bound))
+                .applied_index_at_least(Some(index), "economy read index")
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    EconomyError::unavailable(format!(
+                        "shard {}: not caught up to the leader's read index: {e}",
+                        sh.id
+                    ))
+                });
+        }
         match tokio::time::timeout(bound, sh.raft.ensure_linearizable()).await {
             Err(_) => Err(EconomyError::unavailable(format!(
                 "shard {}: read barrier timed out",
@@ -920,10 +998,17 @@ impl Economy {
             .iter()
             .map(|sh| {
                 let m = sh.raft.metrics().borrow().clone();
+                let mem = m.membership_config.membership();
+                let voters: Vec<NodeId> = mem.voter_ids().collect();
                 ShardInfo {
                     shard: sh.id,
                     leader: m.current_leader,
-                    voters: m.membership_config.membership().voter_ids().collect(),
+                    voter_names: voters
+                        .iter()
+                        .map(|id| mem.get_node(id).map(|n| n.addr.clone()).unwrap_or_default())
+                        .collect(),
+                    learners: mem.learner_ids().collect(),
+                    voters,
                     term: m.current_term,
                     last_log_index: m.last_log_index,
                     last_applied_index: m.last_applied.map(|l| l.index),
@@ -947,7 +1032,151 @@ impl Economy {
             .shards
             .get(rpc.shard as usize)
             .ok_or_else(|| format!("no shard {}", rpc.shard))?;
-        serve_rpc(&sh.raft, &rpc).await
+        fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+            postcard::to_allocvec(v).map_err(|e| e.to_string())
+        }
+        match rpc.kind {
+            RaftRpcKind::ClientWrite => {
+                let req: Request = postcard::from_bytes(&rpc.payload).map_err(|e| e.to_string())?;
+                let res = match self.lead(sh).await {
+                    Ok(Leadership::Local) => self.commit_local(sh, req).await,
+                    Ok(Leadership::Remote(l)) => Err(EconomyError::unavailable(format!(
+                        "shard {}: leadership moved to node {l}",
+                        sh.id
+                    ))),
+                    Err(e) => Err(e),
+                };
+                enc(&res)
+            }
+            RaftRpcKind::ReadIndex => {
+                let res = match self.lead(sh).await {
+                    Ok(Leadership::Local) => {
+                        let bound = Duration::from_millis(self.inner.cfg.commit_timeout_ms);
+                        match tokio::time::timeout(bound, sh.raft.get_read_log_id()).await {
+                            Err(_) => Err(EconomyError::unavailable("read index timed out")),
+                            Ok(Err(e)) => Err(map_read_err(e)),
+                            Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                        }
+                    }
+                    Ok(Leadership::Remote(l)) => Err(EconomyError::unavailable(format!(
+                        "shard {}: leadership moved to node {l}",
+                        sh.id
+                    ))),
+                    Err(e) => Err(e),
+                };
+                enc(&res)
+            }
+            _ => serve_rpc(&sh.raft, &rpc).await,
+        }
+    }
+
+    /// Whether this node's shards belong to a cluster yet (initialized here,
+    /// or joined by a leader's membership change).
+    pub async fn is_initialized(&self) -> bool {
+        for sh in &self.inner.shards {
+            if sh.raft.is_initialized().await.unwrap_or(false) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Initialize every pristine shard with `members` (`node id -> name`) as
+    /// voters. Every founding node passes the same map. Returns how many
+    /// shards were initialized.
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> usize {
+        let mut n = 0;
+        for sh in &self.inner.shards {
+            if sh.raft.is_initialized().await.unwrap_or(true) {
+                continue;
+            }
+            let m: BTreeMap<NodeId, BasicNode> = members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            match sh.raft.initialize(m).await {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!(shard = sh.id, error = %e, "economy shard initialize"),
+            }
+        }
+        n
+    }
+
+    /// The shards this node currently leads, with their voters
+    /// (`node id -> name`).
+    pub fn led_shards(&self) -> Vec<(u16, BTreeMap<NodeId, String>)> {
+        let me = self.inner.cfg.node_id;
+        self.inner
+            .shards
+            .iter()
+            .filter_map(|sh| {
+                let m = sh.raft.metrics().borrow().clone();
+                if m.current_leader != Some(me) || m.state != ServerState::Leader {
+                    return None;
+                }
+                let mem = m.membership_config.membership();
+                let voters = mem
+                    .voter_ids()
+                    .map(|id| {
+                        let name = mem.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+                        (id, name)
+                    })
+                    .collect();
+                Some((sh.id, voters))
+            })
+            .collect()
+    }
+
+    /// On a shard this node leads, make `voters` (`node id -> name`) the
+    /// voter set through openraft membership changes: new nodes join as
+    /// learners and catch up first (bounded by `catch_up`), then one joint
+    /// change swaps the voters. Committed entries are never lost: a change
+    /// commits on the old and the new quorum.
+    pub async fn change_voters(
+        &self,
+        shard: u16,
+        voters: &BTreeMap<NodeId, String>,
+        catch_up: Duration,
+    ) -> Result<(), EconomyError> {
+        let sh = self
+            .inner
+            .shards
+            .get(shard as usize)
+            .ok_or_else(|| EconomyError::invalid("shard", "no such shard"))?;
+        if voters.is_empty() {
+            return Err(EconomyError::invalid("voters", "must not be empty"));
+        }
+        let m = sh.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership().clone();
+        let current: std::collections::BTreeSet<NodeId> = mem.voter_ids().collect();
+        let wanted: std::collections::BTreeSet<NodeId> = voters.keys().copied().collect();
+        if current == wanted {
+            return Ok(());
+        }
+        for (id, name) in voters {
+            if mem.get_node(id).is_none() {
+                let add = sh
+                    .raft
+                    .add_learner(*id, BasicNode { addr: name.clone() }, true);
+                match tokio::time::timeout(catch_up, add).await {
+                    Err(_) => {
+                        return Err(EconomyError::unavailable(format!(
+                            "shard {shard}: learner {name} did not catch up in time"
+                        )))
+                    }
+                    Ok(Err(e)) => return Err(map_write_err(e)),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+        let bound = Duration::from_millis(self.inner.cfg.commit_timeout_ms).max(catch_up);
+        match tokio::time::timeout(bound, sh.raft.change_membership(wanted, false)).await {
+            Err(_) => Err(EconomyError::unavailable(format!(
+                "shard {shard}: membership change timed out"
+            ))),
+            Ok(Err(e)) => Err(map_write_err(e)),
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 
     /// Propose a raw command on a shard (tests drive protocol steps).

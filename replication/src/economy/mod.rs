@@ -113,7 +113,9 @@ pub use payment::{
     PaymentGateway, PaymentIntent, PaymentProduct, TestGateway, WebhookEvent, WebhookOutcome,
     WebhookProcessor,
 };
-pub use raft::{InProcessNetwork, NodeId, RaftRpc, RaftRpcHandler, RaftRpcKind, ShardNetwork};
+pub use raft::{
+    BoxFuture, InProcessNetwork, NodeId, RaftRpc, RaftRpcHandler, RaftRpcKind, ShardNetwork,
+};
 pub use state::{
     CREDIT_RETENTION_MS, EVICTIONS_PER_APPLY_MAX, HOLDS_PER_SHARD_MAX,
     IDEMPOTENCY_KEYS_PER_PLAYER_MAX, IDEMPOTENCY_RETENTION_MS, INVENTORY_STACKS_PER_PLAYER_MAX,

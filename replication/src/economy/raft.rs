@@ -679,6 +679,13 @@ pub enum RaftRpcKind {
     AppendEntries,
     Vote,
     InstallSnapshot,
+    /// A write forwarded by a follower to the leader: the payload is a
+    /// postcard `Forwarded`; the reply a postcard `Result<Receipt, EconomyError>`.
+    ClientWrite,
+    /// A follower's linearizable read: the leader confirms its leadership
+    /// with a quorum and replies with the postcard `u64` log index the
+    /// follower must have applied before it reads.
+    ReadIndex,
 }
 
 /// One serialized Raft RPC for a shard. The payload is the postcard
@@ -759,6 +766,9 @@ pub(crate) async fn serve_rpc(raft: &openraft::Raft<C>, rpc: &RaftRpc) -> Result
         RaftRpcKind::InstallSnapshot => {
             let req: InstallSnapshotRequest<C> = postcard::from_bytes(&rpc.payload).map_err(e)?;
             postcard::to_allocvec(&raft.install_snapshot(req).await).map_err(e)
+        }
+        RaftRpcKind::ClientWrite | RaftRpcKind::ReadIndex => {
+            Err("client RPCs are served by the economy facade".into())
         }
     }
 }
