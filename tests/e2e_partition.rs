@@ -46,11 +46,12 @@ impl Net {
     fn ip(&self, i: usize) -> String {
         format!("10.213.{}.{}", self.k, i + 1)
     }
-    fn setup() -> Result<Net, String> {
+    /// `n` tells apart the tests of one process running at the same time.
+    fn setup(n: u32) -> Result<Net, String> {
         let pid = std::process::id();
         let net = Net {
-            tag: format!("mrd{}", pid % 100_000),
-            k: pid % 250,
+            tag: format!("mrd{}{n}", pid % 100_000),
+            k: (pid * 2 + n) % 250,
         };
         let br = format!("{}br", net.tag);
         sh(&["ip", "link", "add", &br, "type", "bridge"])?;
@@ -163,7 +164,7 @@ async fn sees(viewer: &Node, node: &str, state: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_in_network_namespaces_then_heal() {
-    let net = match Net::setup() {
+    let net = match Net::setup(0) {
         Ok(n) => n,
         Err(e) => {
             if std::env::var("MERIDIAN_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
@@ -244,5 +245,253 @@ async fn partition_in_network_namespaces_then_heal() {
     })
     .await;
     eprintln!("healed in {t:?}");
+    drop(nodes);
+}
+
+fn require_netns(e: String, test: &str) {
+    if std::env::var("MERIDIAN_REQUIRE_NETNS").is_ok_and(|v| v == "1") {
+        panic!("network namespaces required but unavailable: {e}");
+    }
+    eprintln!("SKIP {test}: network namespaces unavailable ({e})");
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// Every shard has 3 voters and a leader, as `n` sees it.
+async fn economy_formed(n: &Node) -> bool {
+    let Ok(resp) = client()
+        .get(format!("{}/admin/shards", n.url()))
+        .header("authorization", bearer(ADMIN_TOKEN))
+        .send()
+        .await
+    else {
+        return false;
+    };
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    v["shards"].as_array().is_some_and(|sh| {
+        !sh.is_empty()
+            && sh.iter().all(|s| {
+                s["voters"].as_array().is_some_and(|v| v.len() == 3) && s["leader"].is_u64()
+            })
+    })
+}
+
+async fn profile(n: &Node, player: &str, token: &str) -> Value {
+    let (s, _, p) = call(
+        client()
+            .get(format!("{}/player/{player}/profile", n.url()))
+            .header("authorization", bearer(token)),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    p
+}
+
+async fn top(n: &Node) -> Vec<(String, i64)> {
+    let (s, _, b) = call(client().get(format!("{}/leaderboards/arena?limit=10", n.url()))).await;
+    assert_eq!(s, 200, "{b}");
+    b["entries"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|x| {
+                    (
+                        x["player_id"].as_str().unwrap_or("").to_string(),
+                        x["score"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The consistency table under a real partition: the minority side keeps
+/// serving logins, profiles and leaderboards (and accepts edits), refuses
+/// economy writes fast with a retryable 503; the majority keeps taking
+/// money; after the heal everything converges with no operator action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_minority_serves_crdts_refuses_money_then_converges() {
+    let net = match Net::setup(1) {
+        Ok(n) => n,
+        Err(e) => return require_netns(e, "partition_minority_serves_crdts_refuses_money_then_converges"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let regions = ["eu-west", "us-east", "ap-south"];
+    let seeds = format!(
+        "[{}]",
+        (0..3)
+            .map(|i| format!("\"{}:7946\"", net.ip(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut nodes = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        let ip = net.ip(i);
+        let name = format!("node-{i}");
+        nodes.push(Node::start_at(
+            &dir.path().join(&name),
+            &[
+                ("MERIDIAN_REGION", region),
+                ("MERIDIAN_NODE_NAME", &name),
+                ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
+                ("MERIDIAN_MESH__SEEDS", &seeds),
+                ("MERIDIAN_MESH_ADDR", &format!("{ip}:7946")),
+                ("MERIDIAN_BEACON_ADDR", &format!("{ip}:7778")),
+                ("MERIDIAN_GAME_ADDR", &format!("{ip}:7779")),
+                ("MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT", "3"),
+            ],
+            format!("{ip}:7700").parse().unwrap(),
+            vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)],
+        ));
+    }
+    wait_for("economy with 3 voters per shard", HEAL_WITHIN, async || {
+        economy_formed(&nodes[0]).await && economy_formed(&nodes[2]).await
+    })
+    .await;
+    let reg = register(&nodes[1].url(), "partisan", "correct horse battery").await;
+    let p = reg["player_id"].as_str().unwrap().to_string();
+    let token = reg["access_token"].as_str().unwrap().to_string();
+    let (s, _, b) = call(
+        client()
+            .post(format!("{}/economy/grant", nodes[1].url()))
+            .header("authorization", bearer(SERVER_TOKEN))
+            .json(&serde_json::json!({"player_id": p, "currency": "coins", "amount": 500,
+                                      "reason": "seed", "idempotency_key": "seed"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let login = async |n: &Node| {
+        call(
+            client()
+                .post(format!("{}/auth/login", n.url()))
+                .json(&serde_json::json!({"username": "partisan", "password": "correct horse battery"})),
+        )
+        .await
+        .0
+    };
+    wait_for("account replicated to node-0", HEAL_WITHIN, async || login(&nodes[0]).await == 200).await;
+
+    net.isolate(0).expect("nft partition");
+    wait_for("both sides see the partition", DOWN_WITHIN, async || {
+        sees(&nodes[0], "node-1", "down").await && sees(&nodes[1], "node-0", "down").await
+    })
+    .await;
+
+    // The minority keeps serving logins, profiles and leaderboards, and edits.
+    assert_eq!(login(&nodes[0]).await, 200);
+    let (s, _, b) = call(
+        client()
+            .patch(format!("{}/player/me/profile", nodes[0].url()))
+            .header("authorization", bearer(&token))
+            .json(&serde_json::json!({"display_name": "From the minority"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = call(
+        client()
+            .post(format!("{}/leaderboards/arena/scores", nodes[0].url()))
+            .header("authorization", bearer(SERVER_TOKEN))
+            .json(&serde_json::json!({"player_id": p, "score": 700})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    // ...and refuses money fast with a retryable 503.
+    let buy = |n: &Node, key: &str| {
+        client()
+            .post(format!("{}/store/purchase", n.url()))
+            .header("authorization", bearer(&token))
+            .json(&serde_json::json!({"item_id": "potion", "quantity": 1, "currency": "coins",
+                                      "idempotency_key": key}))
+    };
+    let t = std::time::Instant::now();
+    let (s, h, b) = call(buy(&nodes[0], "minority-buy")).await;
+    let refused_in = t.elapsed();
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(error_code(&b), "unavailable");
+    assert!(h.get("retry-after").is_some(), "no Retry-After");
+    assert!(refused_in < Duration::from_secs(8), "refused after {refused_in:?}");
+    eprintln!("minority refused an economy write in {refused_in:?}");
+
+    // The majority keeps taking money (after an election if node-0 led).
+    let t = std::time::Instant::now();
+    let mut coins = None;
+    while coins.is_none() {
+        let (s, _, b) = call(buy(&nodes[1], "majority-buy")).await;
+        match s {
+            200 => coins = b["balances"]["coins"].as_i64(),
+            503 if t.elapsed() < HEAL_WITHIN => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => panic!("majority purchase: {s} {b}"),
+        }
+    }
+    eprintln!("majority committed an economy write after {:?}", t.elapsed());
+    let (s, _, b) = call(
+        client()
+            .patch(format!("{}/player/me/profile", nodes[1].url()))
+            .header("authorization", bearer(&token))
+            .json(&serde_json::json!({"avatar": "majority.png"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let reg2 = register(&nodes[2].url(), "majorian", "correct horse battery").await;
+    let q = reg2["player_id"].as_str().unwrap().to_string();
+    let (s, _, b) = call(
+        client()
+            .post(format!("{}/leaderboards/arena/scores", nodes[2].url()))
+            .header("authorization", bearer(SERVER_TOKEN))
+            .json(&serde_json::json!({"player_id": q, "score": 900})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    net.heal(0).expect("nft heal");
+    let t = wait_for("CRDTs converged on every node", HEAL_WITHIN, async || {
+        for n in &nodes {
+            let pr = profile(n, &p, &token).await;
+            if pr["display_name"] != "From the minority" || pr["avatar"] != "majority.png" {
+                return false;
+            }
+            let t = top(n).await;
+            if !(t.contains(&(q.clone(), 900)) && t.contains(&(p.clone(), 700))) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eprintln!("converged {t:?} after the heal");
+    // The minority's side sees the majority's money, and the refused
+    // purchase retried with its key now applies once.
+    let t = std::time::Instant::now();
+    loop {
+        let (s, _, w) = call(
+            client()
+                .get(format!("{}/wallet/me", nodes[0].url()))
+                .header("authorization", bearer(&token)),
+        )
+        .await;
+        if s == 200 {
+            assert_eq!(w["balances"]["coins"].as_i64(), coins, "{w}");
+            break;
+        }
+        assert!(s == 503 && t.elapsed() < HEAL_WITHIN, "{s} {w}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut after = None;
+    let t = std::time::Instant::now();
+    while after.is_none() {
+        let (s, _, b) = call(buy(&nodes[0], "minority-buy")).await;
+        match s {
+            200 => after = b["balances"]["coins"].as_i64(),
+            503 if t.elapsed() < HEAL_WITHIN => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => panic!("retried purchase: {s} {b}"),
+        }
+    }
+    let (_, _, again) = call(buy(&nodes[2], "minority-buy")).await;
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["balances"]["coins"].as_i64(), after);
+    assert!(after < coins, "the retried purchase charged");
     drop(nodes);
 }

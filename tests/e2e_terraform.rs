@@ -474,6 +474,30 @@ fn terraform_regions_as_code() {
         "add region: apply took {:?}; alive in every node's /regions {:?} after",
         add.took, seen
     );
+    // The new region takes its share of the economy: shard leaders give it
+    // voter seats (rendezvous placement, 3 voters per shard).
+    let voters_of = async |u: &str| -> Vec<String> {
+        get(&format!("{u}/admin/shards"), true)
+            .await
+            .and_then(|v| v["shards"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|s| {
+                s["voter_names"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+            })
+            .collect()
+    };
+    let seats = rt.block_on(wait_until(
+        "sa-east holds economy voter seats",
+        Duration::from_secs(40),
+        async || voters_of(&urls[0]).await.iter().any(|n| n == "sa-east"),
+    ));
+    eprintln!("add region: sa-east held voter seats {seats:?} after joining");
 
     std::fs::remove_file(catalog.join("sa-east.json")).unwrap();
     let remove = run_ok(&["apply", "-auto-approve"]);
@@ -500,6 +524,14 @@ fn terraform_regions_as_code() {
         log.contains("storage flushed"),
         "sa-east did not shut down gracefully:\n{log}"
     );
+    assert!(
+        log.contains("economy voter seats handed off"),
+        "sa-east left before its voter seats moved:\n{log}"
+    );
+    for u in &urls {
+        let v = rt.block_on(voters_of(u));
+        assert!(!v.iter().any(|n| n == "sa-east"), "{u} still counts sa-east as a voter");
+    }
     let down = rt.block_on(wait_until(
         "sa-east down in every node's /admin/mesh",
         Duration::from_secs(10),

@@ -104,6 +104,9 @@ pub struct EconomySection {
     pub voter_down_timeout_s: u64,
     /// Period of the shard leaders' voter placement check.
     pub placement_interval_ms: u64,
+    /// On shutdown, how long the node waits for its voter seats to move to
+    /// other nodes before it leaves anyway.
+    pub handoff_timeout_s: u64,
 }
 
 impl Default for EconomySection {
@@ -117,6 +120,7 @@ impl Default for EconomySection {
             voters_per_shard: 3,
             voter_down_timeout_s: 600,
             placement_interval_ms: 1_000,
+            handoff_timeout_s: 30,
         }
     }
 }

@@ -338,6 +338,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tokio::time::sleep(drain_timeout + Duration::from_millis(state.cfg.limits.shutdown_prestop_ms)).await;
         } => tracing::warn!("drain timeout: closing with requests in flight"),
     }
+    // Economy: move this node's Raft voter seats to other regions first
+    // (only when other nodes share its shards).
+    let handoff = Duration::from_secs(state.cfg.economy.handoff_timeout_s);
+    crate::replica::hand_off_voters(&state, handoff).await;
     // Game servers: no new allocations; running matches finish or hit the deadline.
     {
         use meridian_dgs::orchestrator::Orchestrator;

@@ -44,6 +44,9 @@ pub const RAFT_SERVICE: &str = "raft";
 pub const PULL_SERVICE: &str = "sync.pull";
 /// Mesh one-way service: "I have changes, pull now".
 pub const POKE_SERVICE: &str = "sync.poke";
+/// Mesh service answering "who are the voters of each shard, as you see it"
+/// (a draining node waits until nobody counts it as a voter).
+pub const VOTERS_SERVICE: &str = "econ.voters";
 /// Key prefixes replicated through the store's change feed.
 pub const REPLICATED_PREFIXES: &[&str] = &[
     "acct/", "user/", "mail/", "dev/", "rt/", "rtf/", "keys/pub/", "prof/",
@@ -210,6 +213,25 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
             }
         }),
     );
+    let w = weak.clone();
+    mesh.register_rpc_handler(
+        VOTERS_SERVICE,
+        Arc::new(move |_from, _body: bytes::Bytes| {
+            let w = w.clone();
+            async move {
+                let state = w.upgrade().ok_or("node stopping")?;
+                let view: Vec<Vec<String>> = state
+                    .economy
+                    .shards()
+                    .into_iter()
+                    .map(|s| s.voter_names)
+                    .collect();
+                postcard::to_allocvec(&view)
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| e.to_string())
+            }
+        }),
+    );
     let w = weak;
     mesh.register_rpc_handler(
         POKE_SERVICE,
@@ -270,6 +292,40 @@ fn serve_pull(state: &Shared, req: &PullRequest) -> Result<PullReply, String> {
     }
     Ok(reply)
 }
+
+/// `/admin/replication`: counters, this node's feed and leaderboard
+/// versions, and its cursor (version vector entry) for each peer.
+pub fn view(state: &Shared) -> Result<serde_json::Value, StoreError> {
+    let st = &state.replica.stats;
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut cursors = BTreeMap::new();
+    for (k, v) in state
+        .storage
+        .scan_prefix(CURSOR_PREFIX.as_bytes(), crate::replica::CURSORS_LISTED_MAX)?
+    {
+        let name = String::from_utf8_lossy(&k[CURSOR_PREFIX.len()..]).into_owned();
+        let (epoch, version): (u64, u64) = postcard::from_bytes(&v).unwrap_or((0, 0));
+        cursors.insert(name, serde_json::json!({"epoch": epoch, "version": version}));
+    }
+    Ok(serde_json::json!({
+        "feed_epoch": state.storage.feed_epoch(),
+        "feed_version": state.storage.feed_version(),
+        "leaderboard_version": state.leaderboards.version(),
+        "cursors": cursors,
+        "pulls": get(&st.pulls),
+        "changes_applied": get(&st.changes_applied),
+        "changes_unchanged": get(&st.changes_unchanged),
+        "changes_refused": get(&st.changes_refused),
+        "replies_refused": get(&st.replies_refused),
+        "bytes_in": get(&st.bytes_in),
+        "bytes_out": get(&st.bytes_out),
+        "pokes_sent": get(&st.pokes_sent),
+        "voter_changes": get(&st.voter_changes),
+    }))
+}
+
+/// Most cursors `/admin/replication` lists.
+pub const CURSORS_LISTED_MAX: usize = 4_096;
 
 fn cursor_key(peer: &str, stream: Stream) -> Vec<u8> {
     format!("{CURSOR_PREFIX}{peer}/{stream:?}").into_bytes()
@@ -934,5 +990,63 @@ mod tests {
         assert!(cross_region_reuse(&rec(Some("eu")), &rec(Some("us"))));
         assert!(!cross_region_reuse(&rec(Some("eu")), &rec(Some("eu"))));
         assert!(!cross_region_reuse(&rec(None), &rec(Some("us"))));
+    }
+}
+
+/// Drain the economy's part of this node before it leaves: advertise
+/// `draining` (shard leaders, this one included, move its voter seats to
+/// other nodes) and wait until no live peer counts it as a voter, at most
+/// `within`. Returns whether the seats all moved.
+pub async fn hand_off_voters(state: &Shared, within: Duration) -> bool {
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Release);
+    let Some(client) = state.with_mesh(|m| m.client()) else {
+        return true;
+    };
+    let _ = client.update_metadata(|m| m.draining = true).await;
+    let me = state.cfg.node_name();
+    let cluster = read_cluster_id(&state.storage);
+    let deadline = Instant::now() + within;
+    loop {
+        // Seats can only move to live peers of this economy cluster.
+        let takers = client.members().into_iter().any(|m| {
+            !m.is_self
+                && m.state == MemberState::Alive
+                && m.metadata
+                    .as_ref()
+                    .is_some_and(|md| !md.draining && cluster != 0 && md.economy_cluster == cluster)
+        });
+        if !takers {
+            return false;
+        }
+        let mut held = false;
+        // This node's own view counts while it leads (its manager moves it).
+        if !state.economy.led_shards().is_empty() {
+            held = true;
+        }
+        for m in client.members() {
+            if m.is_self || m.state != MemberState::Alive {
+                continue;
+            }
+            match client
+                .rpc_timeout(&m.node_id, VOTERS_SERVICE, &[], Duration::from_secs(2))
+                .await
+                .ok()
+                .and_then(|b| postcard::from_bytes::<Vec<Vec<String>>>(&b).ok())
+            {
+                Some(view) => held |= view.iter().any(|v| v.contains(&me)),
+                None => held = true,
+            }
+        }
+        if !held {
+            tracing::info!("economy voter seats handed off");
+            return true;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("economy voter seats not all handed off in time");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

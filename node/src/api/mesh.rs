@@ -1,4 +1,5 @@
-//! `GET /admin/mesh`: this node's view of the region mesh.
+//! `GET /admin/mesh`: this node's view of the region mesh;
+//! `GET /admin/replication`: CRDT sync counters and per-peer cursors.
 
 use super::{AdminCaller, Shared};
 use crate::error::ApiError;
@@ -9,7 +10,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub fn routes() -> Router<Shared> {
-    Router::new().route("/admin/mesh", get(admin_mesh))
+    Router::new()
+        .route("/admin/mesh", get(admin_mesh))
+        .route("/admin/replication", get(admin_replication))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -41,4 +44,13 @@ pub async fn admin_mesh(
         .ok_or_else(|| {
             ApiError::unavailable("mesh_disabled", "the mesh is not running on this node", 5)
         })
+}
+
+#[utoipa::path(get, path = "/admin/replication", responses((status = 200, body = Object), (status = 403)),
+    security(("bearer" = [])))]
+pub async fn admin_replication(
+    State(state): State<Shared>,
+    _admin: AdminCaller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(crate::replica::view(&state)?))
 }

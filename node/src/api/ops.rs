@@ -28,7 +28,7 @@ pub fn routes() -> Router<Shared> {
         super::auth::logout, super::auth::jwks,
         super::player::get_profile, super::player::patch_profile, super::player::get_me,
         super::telemetry::ingest, super::telemetry::query,
-        healthz, readyz, regions, super::mesh::admin_mesh,
+        healthz, readyz, regions, super::mesh::admin_mesh, super::mesh::admin_replication,
         super::economy::wallet, super::economy::inventory, super::economy::catalog, super::economy::purchase,
         super::economy::grant, super::economy::transfer, super::economy::consume, super::economy::equip,
         super::economy::transactions, super::economy::create_intent, super::economy::webhook, super::economy::shards,

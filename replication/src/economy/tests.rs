@@ -504,14 +504,20 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
             .await
             .unwrap();
     }
-    // A follower refuses fast with a retryable error.
+    // A follower forwards the write to the leader, and its read is
+    // linearizable (read index from the leader), so it sees its own write.
     let follower = nodes
         .iter()
         .flatten()
         .find(|e| e.shards()[0].leader != Some(e.inner_id()))
         .unwrap();
-    let e = follower.grant(grant_coins("p", 1, "f")).await.unwrap_err();
-    assert!(e.is_retryable(), "{e}");
+    let r = follower.grant(grant_coins("p", 1, "f")).await.unwrap();
+    assert_eq!(r.balances["coins"], 51);
+    assert_eq!(follower.wallet("p").await.unwrap()["coins"], 51);
+    // The same key through another node replays the first receipt.
+    let again = leader.grant(grant_coins("p", 1, "f")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.transaction_id, r.transaction_id);
     // Followers apply the same state.
     let target = leader.shards()[0].last_log_index;
     for e in nodes.iter().flatten() {
@@ -523,7 +529,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
             )
             .await
             .unwrap();
-        assert_eq!(e.state_of(0).player("p").unwrap().wallet["coins"], 50);
+        assert_eq!(e.state_of(0).player("p").unwrap().wallet["coins"], 51);
     }
 
     // Stop the leader: the other two elect a new one and keep serving.
@@ -550,7 +556,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
             .await
             .unwrap();
     }
-    assert_eq!(leader.wallet("p").await.unwrap()["coins"], 110);
+    assert_eq!(leader.wallet("p").await.unwrap()["coins"], 111);
     leader
         .raft(0)
         .wait(Some(Duration::from_secs(10)))
@@ -571,7 +577,7 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
         )
         .await
         .unwrap();
-    assert_eq!(back.state_of(0).player("p").unwrap().wallet["coins"], 110);
+    assert_eq!(back.state_of(0).player("p").unwrap().wallet["coins"], 111);
     // Its log was behind the leader's purge point: it got a snapshot.
     assert!(back.shards()[0].snapshot_index.is_some_and(|i| i > 10));
 

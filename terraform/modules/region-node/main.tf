@@ -32,6 +32,9 @@ locals {
     MERIDIAN_MESH__SEEDS          = jsonencode(var.seeds)
     MERIDIAN_ADMIN_TOKEN          = var.admin_token
     MERIDIAN_LOG_FORMAT           = "json"
+    # The regions of the first apply found the economy together; a region
+    # added later sees the cluster and is given voter seats by the leaders.
+    MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT = tostring(length(var.seeds) + 1)
   }, var.extra_env)
 }
 
