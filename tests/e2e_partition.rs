@@ -373,6 +373,20 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
         .0
     };
     wait_for("account replicated to node-0", HEAL_WITHIN, async || login(&nodes[0]).await == 200).await;
+    // A player the majority will erase while the minority still edits them.
+    let ghost = register(&nodes[1].url(), "ghostly", "correct horse battery").await;
+    let g = ghost["player_id"].as_str().unwrap().to_string();
+    let g_token = ghost["access_token"].as_str().unwrap().to_string();
+    wait_for("ghost replicated to node-0", HEAL_WITHIN, async || {
+        call(
+            client()
+                .get(format!("{}/player/me", nodes[0].url()))
+                .header("authorization", bearer(&g_token)),
+        )
+        .await
+        .0 == 200
+    })
+    .await;
 
     net.isolate(0).expect("nft partition");
     wait_for("both sides see the partition", DOWN_WITHIN, async || {
@@ -395,6 +409,23 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
             .post(format!("{}/leaderboards/arena/scores", nodes[0].url()))
             .header("authorization", bearer(SERVER_TOKEN))
             .json(&serde_json::json!({"player_id": p, "score": 700})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    // The minority edits the ghost while the majority erases it (below).
+    let (s, _, b) = call(
+        client()
+            .patch(format!("{}/player/me/profile", nodes[0].url()))
+            .header("authorization", bearer(&g_token))
+            .json(&serde_json::json!({"display_name": "Still here"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, _, b) = call(
+        client()
+            .post(format!("{}/leaderboards/arena/scores", nodes[0].url()))
+            .header("authorization", bearer(SERVER_TOKEN))
+            .json(&serde_json::json!({"player_id": g, "score": 999})),
     )
     .await;
     assert_eq!(s, 200, "{b}");
@@ -446,6 +477,14 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
     .await;
     assert_eq!(s, 200, "{b}");
 
+    let (s, _, b) = call(
+        client()
+            .delete(format!("{}/admin/players/{g}", nodes[1].url()))
+            .header("authorization", bearer(ADMIN_TOKEN)),
+    )
+    .await;
+    assert_eq!(s, 204, "{b}");
+
     net.heal(0).expect("nft heal");
     let t = wait_for("CRDTs converged on every node", HEAL_WITHIN, async || {
         for n in &nodes {
@@ -462,6 +501,37 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
     })
     .await;
     eprintln!("converged {t:?} after the heal");
+    // The erasure won over the minority's concurrent edits, everywhere, and
+    // stays won after more anti-entropy rounds.
+    let gone = async |n: &Node| {
+        let (s, _, _) = call(
+            client()
+                .get(format!("{}/player/{g}/profile", n.url()))
+                .header("authorization", bearer(&token)),
+        )
+        .await;
+        s == 404 && !top(n).await.iter().any(|(id, _)| *id == g)
+    };
+    wait_for("erased player gone everywhere", HEAL_WITHIN, async || {
+        for n in &nodes {
+            if !gone(n).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in &nodes {
+        assert!(gone(n).await, "erased player resurrected on {}", n.url());
+        let (s, _, b) = call(
+            client()
+                .get(format!("{}/player/me", n.url()))
+                .header("authorization", bearer(&g_token)),
+        )
+        .await;
+        assert_eq!(s, 401, "{b}");
+    }
     // The minority's side sees the majority's money, and the refused
     // purchase retried with its key now applies once.
     let t = std::time::Instant::now();

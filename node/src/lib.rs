@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod erasure;
 pub mod error;
 pub mod games;
 pub mod matchmaking;

@@ -49,7 +49,7 @@ pub const POKE_SERVICE: &str = "sync.poke";
 pub const VOTERS_SERVICE: &str = "econ.voters";
 /// Key prefixes replicated through the store's change feed.
 pub const REPLICATED_PREFIXES: &[&str] = &[
-    "acct/", "user/", "mail/", "dev/", "rt/", "rtf/", "keys/pub/", "prof/",
+    "acct/", "user/", "mail/", "dev/", "rt/", "rtf/", "keys/pub/", "prof/", "gone/",
 ];
 /// Longest node name accepted in a poke.
 pub const POKE_BODY_MAX_BYTES: usize = 256;
@@ -544,6 +544,27 @@ async fn apply_kv(state: &Shared, key: &[u8], remote: &[u8]) -> Result<bool, Str
     let k = std::str::from_utf8(key).map_err(|_| "key is not UTF-8".to_string())?;
     if !REPLICATED_PREFIXES.iter().any(|p| k.starts_with(p)) {
         return Err("key outside the replicated prefixes".into());
+    }
+    if let Some(player) = k.strip_prefix(crate::erasure::TOMBSTONE_PREFIX) {
+        let t: crate::erasure::Tombstone =
+            serde_json::from_slice(remote).map_err(|e| e.to_string())?;
+        if t.player_id != player {
+            return Err("tombstone does not match its key".into());
+        }
+        let changed = cas_merge(&state.storage, key, |local| {
+            Ok(local.is_none().then(|| remote.to_vec()))
+        })
+        .await?;
+        crate::erasure::erase_local(state, player)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(changed);
+    }
+    // A stale copy of an erased player's data is never merged back.
+    if let Some(owner) = crate::erasure::owner_of(k, remote) {
+        if crate::erasure::is_erased(state, &owner) {
+            return Ok(false);
+        }
     }
     if let Some(player) = k.strip_prefix("prof/") {
         return state

@@ -86,6 +86,11 @@ const DEF_PREFIX: &[u8] = b"lb/def/";
 const ENTRY_PREFIX: &[u8] = b"lb/e/";
 const LOG_PREFIX: &[u8] = b"lb/v/";
 const STAT_PREFIX: &[u8] = b"stat/";
+/// Erased players (GDPR): `lb/x/{uuid}`. Kept forever (16 bytes of key per
+/// erased player) so no replica's stale entry can bring them back.
+const ERASED_PREFIX: &[u8] = b"lb/x/";
+/// Most erased players loaded at open.
+pub const ERASED_MAX: usize = 10_000_000;
 
 /// Errors of the engine. Input errors name the offending field.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +126,9 @@ pub enum LeaderboardError {
     StatsFull { field: &'static str, max: usize },
     #[error("too many players for one engine")]
     TooManyPlayers,
+    /// The player's data was erased (GDPR); nothing is recorded for them.
+    #[error("player {player} was erased")]
+    Erased { player: Uuid },
     /// Stored or replicated bytes that do not decode.
     #[error("corrupt data at {key}: {reason}")]
     Corrupt { key: String, reason: String },
@@ -140,6 +148,7 @@ impl LeaderboardError {
             | Self::Invalid { field, .. }
             | Self::Overflow { field }
             | Self::StatsFull { field, .. } => Some(field),
+            Self::Erased { .. } => Some("player_id"),
             Self::TooManyPlayers | Self::Corrupt { .. } | Self::Storage(_) => None,
         }
     }
@@ -645,6 +654,8 @@ struct Inner {
     defs: BTreeMap<String, BoardDef>,
     boards: HashMap<String, RankIndex>,
     players: Interner,
+    /// Erased players: their submits and replicated entries are dropped.
+    erased: std::collections::HashSet<Uuid>,
     /// Last change-log version issued.
     version: u64,
 }
@@ -719,6 +730,11 @@ impl LeaderboardEngine {
             Some((k, _)) => parse_log_key(k).ok_or_else(|| corrupt(k, "bad log key"))?,
             None => 0,
         };
+        let erased = storage
+            .scan_prefix(ERASED_PREFIX, ERASED_MAX)?
+            .iter()
+            .filter_map(|(k, _)| Uuid::from_slice(&k[ERASED_PREFIX.len()..]).ok())
+            .collect();
         let engine = Self {
             storage,
             region: region.to_string(),
@@ -727,6 +743,7 @@ impl LeaderboardEngine {
                 defs,
                 boards: HashMap::new(),
                 players: Interner::default(),
+                erased,
                 version,
             }),
             writer: Mutex::new(()),
@@ -845,6 +862,9 @@ impl LeaderboardEngine {
     ) -> Result<Submitted, LeaderboardError> {
         let result = {
             let _w = self.writer();
+            if self.read().erased.contains(&player) {
+                return Err(LeaderboardError::Erased { player });
+            }
             let def = self
                 .read()
                 .defs
@@ -1033,6 +1053,53 @@ impl LeaderboardEngine {
                 .sum::<usize>()
     }
 
+    /// Erase a player (GDPR): delete their score on every indexed board and
+    /// their stats, and drop their later submits and replicated entries for
+    /// good (the erased mark is never deleted). Durable before it returns;
+    /// returns how many records were deleted. Idempotent.
+    pub async fn erase_player(&self, player: Uuid) -> Result<usize, LeaderboardError> {
+        let deleted = {
+            let _w = self.writer();
+            let board_keys: Vec<String> = self.read().boards.keys().cloned().collect();
+            let mut batch = Batch::new();
+            let mut boards = Vec::new();
+            for bk in board_keys {
+                let k = entry_key(&bk, player);
+                if let Some((v, _)) = self.load::<ScoreState>(&k)? {
+                    batch.delete(k).delete(log_key(v));
+                    boards.push(bk);
+                }
+            }
+            let sk = stat_key(player);
+            let mut deleted = boards.len();
+            if let Some((v, _)) = self.load::<StatsState>(&sk)? {
+                batch.delete(sk).delete(log_key(v));
+                deleted += 1;
+            }
+            let mut mark = ERASED_PREFIX.to_vec();
+            mark.extend_from_slice(player.as_bytes());
+            batch.put(mark, Vec::new());
+            self.storage.commit_nosync(&batch)?;
+            let mut inner = self.write();
+            inner.erased.insert(player);
+            if let Some(pid) = inner.players.ids.get(&player).copied() {
+                for bk in &boards {
+                    if let Some(ix) = inner.boards.get_mut(bk) {
+                        ix.remove(pid);
+                    }
+                }
+            }
+            deleted
+        };
+        self.storage.sync().await?;
+        Ok(deleted)
+    }
+
+    /// Whether the player was erased.
+    pub fn is_erased(&self, player: Uuid) -> bool {
+        self.read().erased.contains(&player)
+    }
+
     /// The highest local change version (the cursor a replica pulls from).
     pub fn version(&self) -> u64 {
         self.read().version
@@ -1110,7 +1177,10 @@ impl LeaderboardEngine {
                         player,
                         state,
                     } => {
-                        if !valid_board_key(board_key) || !self.kind_fits(board_key, state) {
+                        if !valid_board_key(board_key)
+                            || !self.kind_fits(board_key, state)
+                            || self.read().erased.contains(player)
+                        {
                             report.skipped += 1;
                             continue;
                         }
@@ -1139,6 +1209,10 @@ impl LeaderboardEngine {
                         }
                     }
                     DeltaEntry::Stats { player, state } => {
+                        if self.read().erased.contains(player) {
+                            report.skipped += 1;
+                            continue;
+                        }
                         let key = stat_key(*player);
                         let slot = match stats.entry(key) {
                             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -1262,6 +1336,9 @@ impl LeaderboardEngine {
         }
         let view = {
             let _w = self.writer();
+            if self.read().erased.contains(&player) {
+                return Err(LeaderboardError::Erased { player });
+            }
             let key = stat_key(player);
             let (old_version, mut state) = match self.storage.get(&key)? {
                 Some(v) => {
@@ -2320,6 +2397,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(b.count("late", None, now).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn erased_players_stay_erased_against_stale_replicas() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = open_at(da.path(), 1).await;
+        let b = open_at(db.path(), 2).await;
+        let now = t(2026, 11, 25);
+        for board in ["late"] {
+            for e in [&a, &b] {
+                e.add_board(def(board, SortOrder::Desc, Operator::Best))
+                    .await
+                    .unwrap();
+            }
+        }
+        a.submit("late", pid(1), 9, now).await.unwrap();
+        a.submit("late", pid(2), 5, now).await.unwrap();
+        // b holds a stale copy (and a newer score) of player 1.
+        b.merge_remote(&a.delta_since(0, 10).unwrap(), now)
+            .await
+            .unwrap();
+        b.submit("late", pid(1), 12, now).await.unwrap();
+        assert_eq!(a.erase_player(pid(1)).await.unwrap(), 1);
+        assert_eq!(a.count("late", None, now).unwrap(), 1);
+        let r = b.merge_remote(&b.delta_since(0, 10).unwrap(), now).await;
+        assert!(r.is_ok());
+        let report = a
+            .merge_remote(&b.delta_since(0, 10).unwrap(), now)
+            .await
+            .unwrap();
+        assert!(report.skipped >= 1, "{report:?}");
+        assert_eq!(a.count("late", None, now).unwrap(), 1, "resurrected");
+        assert!(matches!(
+            a.submit("late", pid(1), 1, now).await,
+            Err(LeaderboardError::Erased { .. })
+        ));
+        drop(a);
+        // The mark survives a restart.
+        assert!(open_at(da.path(), 1).await.is_erased(pid(1)));
     }
 
     #[tokio::test]

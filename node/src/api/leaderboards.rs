@@ -33,6 +33,7 @@ impl From<LeaderboardError> for ApiError {
         };
         match e {
             LeaderboardError::UnknownBoard { .. } => ApiError::not_found("unknown_board", msg),
+            LeaderboardError::Erased { .. } => ApiError::not_found("player_erased", msg),
             LeaderboardError::BoardExists { .. } => ApiError::conflict("board_exists", msg),
             LeaderboardError::ScoreOutOfBounds { .. } => {
                 ApiError::bad_request("score_out_of_bounds", msg)

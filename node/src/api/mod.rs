@@ -346,5 +346,11 @@ pub fn caller_from_token(state: &Shared, token: &str) -> Result<Caller, ApiError
             "this login was revoked; log in again",
         ));
     }
+    if crate::erasure::is_erased(state, &claims.sub) {
+        return Err(ApiError::unauthorized(
+            "player_erased",
+            "this player was erased",
+        ));
+    }
     Ok(Caller::Player { id: claims.sub })
 }

@@ -27,6 +27,7 @@ pub fn routes() -> Router<Shared> {
         super::auth::register, super::auth::login, super::auth::device, super::auth::refresh,
         super::auth::logout, super::auth::jwks,
         super::player::get_profile, super::player::patch_profile, super::player::get_me,
+        super::player::erase_me, super::player::erase_player,
         super::telemetry::ingest, super::telemetry::query,
         healthz, readyz, regions, super::mesh::admin_mesh, super::mesh::admin_replication,
         super::economy::wallet, super::economy::inventory, super::economy::catalog, super::economy::purchase,

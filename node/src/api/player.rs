@@ -15,7 +15,37 @@ pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/player/{player_id}/profile", get(get_profile))
         .route("/player/me/profile", patch(patch_profile))
-        .route("/player/me", get(get_me))
+        .route("/player/me", get(get_me).delete(erase_me))
+        .route("/admin/players/{player_id}", axum::routing::delete(erase_player))
+}
+
+/// GDPR erasure of the caller, in every region (docs/replication.md).
+#[utoipa::path(delete, path = "/player/me", responses((status = 204), (status = 401)),
+    security(("bearer" = [])))]
+pub async fn erase_me(
+    State(state): State<Shared>,
+    caller: Caller,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let id = caller.player()?.to_string();
+    crate::erasure::erase(&state, &id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// GDPR erasure of a player by an operator, in every region.
+#[utoipa::path(delete, path = "/admin/players/{player_id}", params(("player_id" = String, Path)),
+    responses((status = 204), (status = 400), (status = 403), (status = 404)), security(("bearer" = [])))]
+pub async fn erase_player(
+    State(state): State<Shared>,
+    _admin: super::AdminCaller,
+    Path(player_id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    uuid::Uuid::parse_str(&player_id)
+        .map_err(|_| ApiError::invalid("player_id", "not a player id (UUID)"))?;
+    if state.accounts.get(&player_id)?.is_none() && !crate::erasure::is_erased(&state, &player_id) {
+        return Err(ApiError::not_found("player_not_found", "no such player"));
+    }
+    crate::erasure::erase(&state, &player_id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 impl From<ProfileError> for ApiError {
