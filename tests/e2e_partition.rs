@@ -315,7 +315,12 @@ async fn top(n: &Node) -> Vec<(String, i64)> {
 async fn partition_minority_serves_crdts_refuses_money_then_converges() {
     let net = match Net::setup(1) {
         Ok(n) => n,
-        Err(e) => return require_netns(e, "partition_minority_serves_crdts_refuses_money_then_converges"),
+        Err(e) => {
+            return require_netns(
+                e,
+                "partition_minority_serves_crdts_refuses_money_then_converges",
+            )
+        }
     };
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
@@ -358,21 +363,24 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
         client()
             .post(format!("{}/economy/grant", nodes[1].url()))
             .header("authorization", bearer(SERVER_TOKEN))
-            .json(&serde_json::json!({"player_id": p, "currency": "coins", "amount": 500,
-                                      "reason": "seed", "idempotency_key": "seed"})),
+            .json(
+                &serde_json::json!({"player_id": p, "currency": "coins", "amount": 500,
+                                      "reason": "seed", "idempotency_key": "seed"}),
+            ),
     )
     .await;
     assert_eq!(s, 200, "{b}");
     let login = async |n: &Node| {
-        call(
-            client()
-                .post(format!("{}/auth/login", n.url()))
-                .json(&serde_json::json!({"username": "partisan", "password": "correct horse battery"})),
-        )
+        call(client().post(format!("{}/auth/login", n.url())).json(
+            &serde_json::json!({"username": "partisan", "password": "correct horse battery"}),
+        ))
         .await
         .0
     };
-    wait_for("account replicated to node-0", HEAL_WITHIN, async || login(&nodes[0]).await == 200).await;
+    wait_for("account replicated to node-0", HEAL_WITHIN, async || {
+        login(&nodes[0]).await == 200
+    })
+    .await;
     // A player the majority will erase while the minority still edits them.
     let ghost = register(&nodes[1].url(), "ghostly", "correct horse battery").await;
     let g = ghost["player_id"].as_str().unwrap().to_string();
@@ -434,8 +442,10 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
         client()
             .post(format!("{}/store/purchase", n.url()))
             .header("authorization", bearer(&token))
-            .json(&serde_json::json!({"item_id": "potion", "quantity": 1, "currency": "coins",
-                                      "idempotency_key": key}))
+            .json(
+                &serde_json::json!({"item_id": "potion", "quantity": 1, "currency": "coins",
+                                      "idempotency_key": key}),
+            )
     };
     let t = std::time::Instant::now();
     let (s, h, b) = call(buy(&nodes[0], "minority-buy")).await;
@@ -443,7 +453,10 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
     assert_eq!(s, 503, "{b}");
     assert_eq!(error_code(&b), "unavailable");
     assert!(h.get("retry-after").is_some(), "no Retry-After");
-    assert!(refused_in < Duration::from_secs(8), "refused after {refused_in:?}");
+    assert!(
+        refused_in < Duration::from_secs(8),
+        "refused after {refused_in:?}"
+    );
     eprintln!("minority refused an economy write in {refused_in:?}");
 
     // The majority keeps taking money (after an election if node-0 led).
@@ -453,11 +466,16 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
         let (s, _, b) = call(buy(&nodes[1], "majority-buy")).await;
         match s {
             200 => coins = b["balances"]["coins"].as_i64(),
-            503 if t.elapsed() < HEAL_WITHIN => tokio::time::sleep(Duration::from_millis(200)).await,
+            503 if t.elapsed() < HEAL_WITHIN => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             _ => panic!("majority purchase: {s} {b}"),
         }
     }
-    eprintln!("majority committed an economy write after {:?}", t.elapsed());
+    eprintln!(
+        "majority committed an economy write after {:?}",
+        t.elapsed()
+    );
     let (s, _, b) = call(
         client()
             .patch(format!("{}/player/me/profile", nodes[1].url()))
@@ -555,7 +573,9 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
         let (s, _, b) = call(buy(&nodes[0], "minority-buy")).await;
         match s {
             200 => after = b["balances"]["coins"].as_i64(),
-            503 if t.elapsed() < HEAL_WITHIN => tokio::time::sleep(Duration::from_millis(200)).await,
+            503 if t.elapsed() < HEAL_WITHIN => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             _ => panic!("retried purchase: {s} {b}"),
         }
     }

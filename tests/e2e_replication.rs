@@ -112,9 +112,11 @@ async fn a_player_registered_in_one_region_plays_and_pays_in_every_region() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = start_three(dir.path());
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
-    let t = wait_for("economy cluster with a voter per region", CLUSTER_WITHIN, async || {
-        cluster_formed(a).await && cluster_formed(c).await
-    })
+    let t = wait_for(
+        "economy cluster with a voter per region",
+        CLUSTER_WITHIN,
+        async || cluster_formed(a).await && cluster_formed(c).await,
+    )
     .await;
     eprintln!("economy cluster formed in {t:?}");
 
@@ -137,6 +139,19 @@ async fn a_player_registered_in_one_region_plays_and_pays_in_every_region() {
     )
     .await;
     assert_eq!(s, 409, "{body}");
+
+    // The same new name registered at once in two regions: the Raft name
+    // directory lets exactly one win.
+    let twin = |n: &Node| {
+        client()
+            .post(format!("{}/auth/register", n.url()))
+            .json(&json!({"username": "twin", "password": "correct horse battery"}))
+            .send()
+    };
+    let (ra, rc) = tokio::join!(twin(a), twin(c));
+    let mut codes = [ra.unwrap().status().as_u16(), rc.unwrap().status().as_u16()];
+    codes.sort();
+    assert_eq!(codes, [201, 409], "one registration of a name wins");
 
     // A's token is accepted in C (A's public key replicated).
     let (s, _, body) = call(
@@ -179,11 +194,12 @@ async fn a_player_registered_in_one_region_plays_and_pays_in_every_region() {
     assert_eq!(s, 200, "{body}");
     for n in [c, b] {
         let t = wait_for("score in another region", VISIBLE_WITHIN, async || {
-            let (_, _, top) = call(client().get(format!("{}/leaderboards/arena?limit=5", n.url())))
-                .await;
-            top["entries"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|x| x["player_id"] == me.as_str() && x["score"] == 4321))
+            let (_, _, top) =
+                call(client().get(format!("{}/leaderboards/arena?limit=5", n.url()))).await;
+            top["entries"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|x| x["player_id"] == me.as_str() && x["score"] == 4321)
+            })
         })
         .await;
         eprintln!("score visible after {t:?}");
@@ -203,8 +219,10 @@ async fn a_player_registered_in_one_region_plays_and_pays_in_every_region() {
         client()
             .post(format!("{}/store/purchase", b.url()))
             .header("authorization", bearer(&token_a))
-            .json(&json!({"item_id": "potion", "quantity": 2, "currency": "coins",
-                           "idempotency_key": "buy-1"})),
+            .json(
+                &json!({"item_id": "potion", "quantity": 2, "currency": "coins",
+                           "idempotency_key": "buy-1"}),
+            ),
     )
     .await;
     assert_eq!(s, 200, "{body}");
@@ -225,8 +243,10 @@ async fn a_player_registered_in_one_region_plays_and_pays_in_every_region() {
         client()
             .post(format!("{}/store/purchase", c.url()))
             .header("authorization", bearer(&token_a))
-            .json(&json!({"item_id": "potion", "quantity": 2, "currency": "coins",
-                           "idempotency_key": "buy-1"})),
+            .json(
+                &json!({"item_id": "potion", "quantity": 2, "currency": "coins",
+                           "idempotency_key": "buy-1"}),
+            ),
     )
     .await;
     assert_eq!(s, 200, "{body}");
@@ -272,15 +292,19 @@ async fn a_player_registered_in_one_region_plays_and_pays_in_every_region() {
     .await;
     assert_eq!(s, 401, "{b}");
     assert_eq!(error_code(&b), "refresh_token_reused");
-    wait_for("the whole login revoked in A too", VISIBLE_WITHIN, async || {
-        let (s, _, _) = call(
-            client()
-                .post(format!("{}/auth/refresh", a.url()))
-                .json(&json!({"refresh_token": r2})),
-        )
-        .await;
-        s == 401
-    })
+    wait_for(
+        "the whole login revoked in A too",
+        VISIBLE_WITHIN,
+        async || {
+            let (s, _, _) = call(
+                client()
+                    .post(format!("{}/auth/refresh", a.url()))
+                    .json(&json!({"refresh_token": r2})),
+            )
+            .await;
+            s == 401
+        },
+    )
     .await;
 }
 
@@ -308,8 +332,10 @@ async fn transfer(
         let resp = http
             .post(format!("{url}/economy/transfer"))
             .header("authorization", bearer(token))
-            .json(&json!({"to_player_id": to, "currency": "coins", "amount": amount,
-                           "idempotency_key": key}))
+            .json(
+                &json!({"to_player_id": to, "currency": "coins", "amount": amount,
+                           "idempotency_key": key}),
+            )
             .timeout(Duration::from_secs(15))
             .send()
             .await;
@@ -391,8 +417,10 @@ async fn bank_workload_survives_a_leader_kill_9() {
             client()
                 .post(format!("{}/economy/grant", urls[i % 3]))
                 .header("authorization", bearer(SERVER_TOKEN))
-                .json(&json!({"player_id": id, "currency": "coins", "amount": START,
-                               "reason": "bank", "idempotency_key": format!("seed-{i}")})),
+                .json(
+                    &json!({"player_id": id, "currency": "coins", "amount": START,
+                               "reason": "bank", "idempotency_key": format!("seed-{i}")}),
+                ),
         )
         .await;
         assert_eq!(s, 200, "{b}");
@@ -442,9 +470,11 @@ async fn bank_workload_survives_a_leader_kill_9() {
         }));
     }
     // Kill the leader once about a third of the work is done.
-    wait_for("a third of the transfers", Duration::from_secs(60), async || {
-        done.load(std::sync::atomic::Ordering::Relaxed) >= WORKERS * PER_WORKER / 3
-    })
+    wait_for(
+        "a third of the transfers",
+        Duration::from_secs(60),
+        async || done.load(std::sync::atomic::Ordering::Relaxed) >= WORKERS * PER_WORKER / 3,
+    )
     .await;
     nodes[victim].kill9();
     eprintln!("killed {leader} after {:?}", started.elapsed());
@@ -461,13 +491,19 @@ async fn bank_workload_survives_a_leader_kill_9() {
         unknown.len(),
         started.elapsed()
     );
-    assert!(acked.len() >= WORKERS * PER_WORKER / 2, "too few acknowledged: {}", acked.len());
+    assert!(
+        acked.len() >= WORKERS * PER_WORKER / 2,
+        "too few acknowledged: {}",
+        acked.len()
+    );
 
     // The killed node comes back from its store and catches up.
     nodes[victim].spawn();
-    wait_for("the killed node back in every shard", CLUSTER_WITHIN, async || {
-        cluster_formed(&nodes[victim]).await
-    })
+    wait_for(
+        "the killed node back in every shard",
+        CLUSTER_WITHIN,
+        async || cluster_formed(&nodes[victim]).await,
+    )
     .await;
     // Unknown outcomes: retrying the same key resolves them (applied once).
     for (from, to, amount, key) in &unknown {
@@ -479,6 +515,21 @@ async fn bank_workload_survives_a_leader_kill_9() {
         }
     }
 
+    // Transfers cut mid-way by the kill leave holds (money in transit);
+    // the shard leaders' recovery resolves them (commit or abort).
+    let t = wait_for("no open transfer holds", CLUSTER_WITHIN, async || {
+        for n in &nodes {
+            let Some(sh) = shards(n).await else {
+                return false;
+            };
+            if sh.iter().any(|s| s["open_holds"].as_u64() != Some(0)) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eprintln!("holds resolved {t:?} after the workload");
     // Invariants, read through every region.
     for url in &urls {
         let mut total = 0;
@@ -489,7 +540,11 @@ async fn bank_workload_survives_a_leader_kill_9() {
             assert!(coins >= 0, "negative balance {coins} for {id}");
             total += coins;
         }
-        assert_eq!(total, START * PLAYERS as i64, "money not conserved (via {url})");
+        assert_eq!(
+            total,
+            START * PLAYERS as i64,
+            "money not conserved (via {url})"
+        );
     }
     let mut history: HashMap<usize, Vec<Value>> = HashMap::new();
     for (i, (_, token)) in players.iter().enumerate() {
@@ -504,7 +559,10 @@ async fn bank_workload_survives_a_leader_kill_9() {
         assert_eq!(n, 1, "acknowledged transfer {} present {n} times", a.tx);
         *seen.entry(a.tx.as_str()).or_default() += 1;
     }
-    assert!(seen.values().all(|n| *n == 1), "one transaction id acknowledged twice");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "one transaction id acknowledged twice"
+    );
     // Each player's ledger explains its balance.
     for (i, (_, token)) in players.iter().enumerate() {
         let sum: i64 = history[&i]
@@ -513,6 +571,10 @@ async fn bank_workload_survives_a_leader_kill_9() {
             .map(|t| t["amount"].as_i64().unwrap_or(0))
             .sum();
         let w = get_retrying(&format!("{}/wallet/me", urls[0]), token).await;
-        assert_eq!(w["balances"]["coins"].as_i64().unwrap_or(0), sum, "ledger of player {i}");
+        assert_eq!(
+            w["balances"]["coins"].as_i64().unwrap_or(0),
+            sum,
+            "ledger of player {i}"
+        );
     }
 }

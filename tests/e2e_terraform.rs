@@ -530,7 +530,10 @@ fn terraform_regions_as_code() {
     );
     for u in &urls {
         let v = rt.block_on(voters_of(u));
-        assert!(!v.iter().any(|n| n == "sa-east"), "{u} still counts sa-east as a voter");
+        assert!(
+            !v.iter().any(|n| n == "sa-east"),
+            "{u} still counts sa-east as a voter"
+        );
     }
     let down = rt.block_on(wait_until(
         "sa-east down in every node's /admin/mesh",

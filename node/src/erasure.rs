@@ -37,12 +37,24 @@ pub fn tombstone_key(player_id: &str) -> String {
 
 /// Whether `player_id` was erased (here or, once replicated, anywhere).
 pub fn is_erased(state: &Shared, player_id: &str) -> bool {
-    matches!(state.storage.get(tombstone_key(player_id).as_bytes()), Ok(Some(_)))
+    matches!(
+        state.storage.get(tombstone_key(player_id).as_bytes()),
+        Ok(Some(_))
+    )
 }
 
 /// Erase a player everywhere: tombstone first (so a crash half-way finishes
 /// on the next merge or retry), then the local data. Idempotent.
 pub async fn erase(state: &Shared, player_id: &str) -> Result<(), StoreError> {
+    // Free the player's names in the directory (best effort: a shard
+    // without quorum keeps the name reserved).
+    if let Ok(Some(a)) = state.accounts.get(player_id) {
+        let mut names = vec![format!("user:{}", a.username_key)];
+        if let Some(e) = &a.email {
+            names.push(format!("mail:{e}"));
+        }
+        state.accounts.release_names(player_id, names).await;
+    }
     let key = tombstone_key(player_id);
     if state.storage.get(key.as_bytes())?.is_none() {
         let t = Tombstone {

@@ -153,6 +153,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     )
     .await
     .context("opening the economy")?;
+    accounts.set_directory(Arc::new(crate::replica::RaftDirectory(economy.clone())));
     let payments = if cfg.payments.enabled {
         let secret = cfg
             .payments

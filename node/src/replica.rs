@@ -49,7 +49,15 @@ pub const POKE_SERVICE: &str = "sync.poke";
 pub const VOTERS_SERVICE: &str = "econ.voters";
 /// Key prefixes replicated through the store's change feed.
 pub const REPLICATED_PREFIXES: &[&str] = &[
-    "acct/", "user/", "mail/", "dev/", "rt/", "rtf/", "keys/pub/", "prof/", "gone/",
+    "acct/",
+    "user/",
+    "mail/",
+    "dev/",
+    "rt/",
+    "rtf/",
+    "keys/pub/",
+    "prof/",
+    "gone/",
 ];
 /// Longest node name accepted in a poke.
 pub const POKE_BODY_MAX_BYTES: usize = 256;
@@ -107,7 +115,12 @@ impl MeshRaftNet {
     }
 
     fn name_of(&self, id: NodeId) -> Option<String> {
-        if let Some(n) = self.names.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        if let Some(n) = self
+            .names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
             return Some(n.clone());
         }
         let client = self.client.get()?;
@@ -180,7 +193,11 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
             async move {
                 let state = w.upgrade().ok_or("node stopping")?;
                 let rpc: RaftRpc = postcard::from_bytes(&body).map_err(|e| {
-                    state.replica.stats.replies_refused.fetch_add(1, Ordering::Relaxed);
+                    state
+                        .replica
+                        .stats
+                        .replies_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     format!("malformed raft rpc: {e}")
                 })?;
                 state
@@ -199,7 +216,11 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
             async move {
                 let state = w.upgrade().ok_or("node stopping")?;
                 let req: PullRequest = postcard::from_bytes(&body).map_err(|e| {
-                    state.replica.stats.replies_refused.fetch_add(1, Ordering::Relaxed);
+                    state
+                        .replica
+                        .stats
+                        .replies_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     format!("malformed pull: {e}")
                 })?;
                 let reply = serve_pull(&state, &req)?;
@@ -240,7 +261,11 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
             async move {
                 let state = w.upgrade().ok_or("node stopping")?;
                 if body.len() > POKE_BODY_MAX_BYTES {
-                    state.replica.stats.replies_refused.fetch_add(1, Ordering::Relaxed);
+                    state
+                        .replica
+                        .stats
+                        .replies_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err("poke too large".to_string());
                 }
                 let peer = String::from_utf8_lossy(&body).into_owned();
@@ -305,7 +330,10 @@ pub fn view(state: &Shared) -> Result<serde_json::Value, StoreError> {
     {
         let name = String::from_utf8_lossy(&k[CURSOR_PREFIX.len()..]).into_owned();
         let (epoch, version): (u64, u64) = postcard::from_bytes(&v).unwrap_or((0, 0));
-        cursors.insert(name, serde_json::json!({"epoch": epoch, "version": version}));
+        cursors.insert(
+            name,
+            serde_json::json!({"epoch": epoch, "version": version}),
+        );
     }
     Ok(serde_json::json!({
         "feed_epoch": state.storage.feed_epoch(),
@@ -507,9 +535,9 @@ async fn pull_once(
         Stream::Leaderboards => {
             let delta = meridian_replication::leaderboard::Delta::from_bytes(&reply.leaderboards)
                 .map_err(|e| {
-                    stats.replies_refused.fetch_add(1, Ordering::Relaxed);
-                    format!("malformed leaderboard delta: {e}")
-                })?;
+                stats.replies_refused.fetch_add(1, Ordering::Relaxed);
+                format!("malformed leaderboard delta: {e}")
+            })?;
             let r = state
                 .leaderboards
                 .merge_remote(&delta, chrono::Utc::now())
@@ -632,8 +660,8 @@ fn merge_value(k: &str, remote: &[u8]) -> Result<Merge, String> {
                 return Ok(Some(remote.clone()));
             };
             let mine: Account = serde_json::from_slice(local).map_err(|e| e.to_string())?;
-            let newer = (theirs.last_login.as_str(), remote.as_slice())
-                > (mine.last_login.as_str(), local);
+            let newer =
+                (theirs.last_login.as_str(), remote.as_slice()) > (mine.last_login.as_str(), local);
             Ok(newer.then(|| remote.clone()))
         }));
     }
@@ -658,7 +686,9 @@ fn merge_value(k: &str, remote: &[u8]) -> Result<Merge, String> {
             let mut mine: Family = serde_json::from_slice(local).map_err(|e| e.to_string())?;
             if theirs.revoked && !mine.revoked {
                 mine.revoked = true;
-                return serde_json::to_vec(&mine).map(Some).map_err(|e| e.to_string());
+                return serde_json::to_vec(&mine)
+                    .map(Some)
+                    .map_err(|e| e.to_string());
             }
             Ok(None)
         }));
@@ -679,7 +709,9 @@ fn merge_value(k: &str, remote: &[u8]) -> Result<Merge, String> {
             if merged == mine {
                 return Ok(None);
             }
-            serde_json::to_vec(&merged).map(Some).map_err(|e| e.to_string())
+            serde_json::to_vec(&merged)
+                .map(Some)
+                .map_err(|e| e.to_string())
         }));
     }
     Err("no merge rule for this key".into())
@@ -714,6 +746,39 @@ pub fn cross_region_reuse(a: &RefreshRecord, b: &RefreshRecord) -> bool {
 }
 
 // ----------------------------------------------------------- economy ----
+
+/// The name directory on the economy's Raft shards.
+pub struct RaftDirectory(pub meridian_replication::economy::Economy);
+
+impl crate::auth::accounts::NameDirectory for RaftDirectory {
+    fn claim(
+        &self,
+        name: String,
+        owner: String,
+    ) -> crate::auth::accounts::BoxFuture<Result<bool, crate::auth::accounts::AuthError>> {
+        let eco = self.0.clone();
+        Box::pin(async move {
+            use meridian_replication::economy::EconomyError;
+            match eco.claim_name(&name, &owner).await {
+                Ok(()) => Ok(true),
+                Err(EconomyError::NameTaken { .. }) => Ok(false),
+                Err(e) if e.is_retryable() => {
+                    Err(crate::auth::accounts::AuthError::Unavailable(e.to_string()))
+                }
+                Err(e) => Err(crate::auth::accounts::AuthError::Internal(e.to_string())),
+            }
+        })
+    }
+
+    fn release(&self, name: String, owner: String) -> crate::auth::accounts::BoxFuture<()> {
+        let eco = self.0.clone();
+        Box::pin(async move {
+            if let Err(e) = eco.release_name(&name, &owner).await {
+                tracing::warn!(name, error = %e, "releasing a directory name");
+            }
+        })
+    }
+}
 
 /// Rendezvous placement: the `k` voters of `shard` among `candidates`
 /// (`(name, region)`), one per region first, then more per region only when
@@ -943,7 +1008,11 @@ async fn place_led_shards(
         let desired = place_voters(shard, &candidates, cfg.voters_per_shard.max(1));
         let mut current: Vec<&String> = voters.values().collect();
         current.sort();
-        if current.iter().map(|s| s.as_str()).eq(desired.iter().map(|s| s.as_str())) {
+        if current
+            .iter()
+            .map(|s| s.as_str())
+            .eq(desired.iter().map(|s| s.as_str()))
+        {
             continue;
         }
         let wanted: BTreeMap<NodeId, String> =

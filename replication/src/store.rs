@@ -334,9 +334,15 @@ impl Storage {
     /// [`FEED_PREFIXES_MAX`] prefixes; more are refused with an error).
     pub fn replicate_prefix(&self, prefix: &[u8]) -> Result<(), StoreError> {
         if prefix.starts_with(FEED_PREFIX) || prefix.is_empty() {
-            return Err(StoreError::Backend("the feed cannot log its own keys".into()));
+            return Err(StoreError::Backend(
+                "the feed cannot log its own keys".into(),
+            ));
         }
-        let mut p = self.feed.prefixes.write().unwrap_or_else(|e| e.into_inner());
+        let mut p = self
+            .feed
+            .prefixes
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if p.iter().any(|x| x == prefix) {
             return Ok(());
         }

@@ -40,6 +40,7 @@ impl From<AuthError> for ApiError {
                 ApiError::unauthorized("refresh_token_reused", e.to_string())
             }
             AuthError::NotYours => ApiError::forbidden(e.to_string()),
+            AuthError::Unavailable(m) => ApiError::unavailable("unavailable", m, 2),
             AuthError::Store(e) => ApiError::internal(e),
             AuthError::Internal(e) => ApiError::internal(e),
         }

@@ -53,6 +53,7 @@ impl From<EconomyError> for ApiError {
             EconomyError::InsufficientFunds { .. } | EconomyError::LimitExceeded { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, msg)
             }
+            EconomyError::NameTaken { .. } => ApiError::new(StatusCode::CONFLICT, code, msg),
             EconomyError::IdempotencyConflict => ApiError::new(
                 StatusCode::CONFLICT,
                 code,

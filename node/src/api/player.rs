@@ -16,7 +16,10 @@ pub fn routes() -> Router<Shared> {
         .route("/player/{player_id}/profile", get(get_profile))
         .route("/player/me/profile", patch(patch_profile))
         .route("/player/me", get(get_me).delete(erase_me))
-        .route("/admin/players/{player_id}", axum::routing::delete(erase_player))
+        .route(
+            "/admin/players/{player_id}",
+            axum::routing::delete(erase_player),
+        )
 }
 
 /// GDPR erasure of the caller, in every region (docs/replication.md).

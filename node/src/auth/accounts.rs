@@ -100,6 +100,9 @@ pub enum AuthError {
     RefreshReused,
     #[error("refresh token belongs to another player")]
     NotYours,
+    /// The name directory has no quorum (503, retryable).
+    #[error("name directory unavailable: {0}")]
+    Unavailable(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -114,7 +117,19 @@ fn invalid(field: &'static str, message: String) -> AuthError {
     AuthError::Invalid { field, message }
 }
 
+/// The cluster-wide name directory (Raft, linearizable): a username or
+/// email is claimed there before the account is created locally.
+pub trait NameDirectory: Send + Sync + 'static {
+    /// Claim `name` for `owner`; `Ok(false)` when someone else holds it.
+    fn claim(&self, name: String, owner: String) -> BoxFuture<Result<bool, AuthError>>;
+    /// Release `name` if `owner` holds it (best effort).
+    fn release(&self, name: String, owner: String) -> BoxFuture<()>;
+}
+
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 pub struct Accounts {
+    directory: std::sync::OnceLock<Arc<dyn NameDirectory>>,
     storage: Storage,
     keys: Arc<Keyring>,
     region: String,
@@ -181,6 +196,7 @@ impl Accounts {
         hash_concurrency: usize,
     ) -> Result<Self, AuthError> {
         Ok(Self {
+            directory: Default::default(),
             storage,
             keys,
             region: region.to_string(),
@@ -190,6 +206,52 @@ impl Accounts {
             dummy_hash: hash_password("meridian-dummy-password")?,
             usernames: Default::default(),
         })
+    }
+
+    /// Use a cluster-wide name directory for registrations.
+    pub fn set_directory(&self, d: Arc<dyn NameDirectory>) {
+        let _ = self.directory.set(d);
+    }
+
+    /// Claim the names in the directory (none configured: local only).
+    /// On failure every name claimed so far is released.
+    async fn claim_names(
+        &self,
+        owner: &str,
+        names: &[(String, AuthError)],
+    ) -> Result<(), AuthError> {
+        let Some(d) = self.directory.get() else {
+            return Ok(());
+        };
+        let mut claimed: Vec<String> = Vec::new();
+        for (name, taken) in names {
+            let res = d.claim(name.clone(), owner.to_string()).await;
+            let err = match res {
+                Ok(true) => {
+                    claimed.push(name.clone());
+                    continue;
+                }
+                Ok(false) => match taken {
+                    AuthError::EmailTaken => AuthError::EmailTaken,
+                    _ => AuthError::UsernameTaken,
+                },
+                Err(e) => e,
+            };
+            for n in claimed {
+                d.release(n, owner.to_string()).await;
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Release directory names (failed sign-up, erasure).
+    pub async fn release_names(&self, owner: &str, names: Vec<String>) {
+        if let Some(d) = self.directory.get() {
+            for n in names {
+                d.release(n, owner.to_string()).await;
+            }
+        }
     }
 
     pub fn keys(&self) -> &Arc<Keyring> {
@@ -263,8 +325,14 @@ impl Accounts {
         let pw = password.to_string();
         let hash = self.blocking(move || hash_password(&pw)).await??;
         let now = now_rfc3339();
+        let player_id = uuid::Uuid::now_v7().to_string();
+        let mut claims = vec![(format!("user:{key}"), AuthError::UsernameTaken)];
+        if let Some(e) = &email {
+            claims.push((format!("mail:{e}"), AuthError::EmailTaken));
+        }
+        self.claim_names(&player_id, &claims).await?;
         let account = Account {
-            player_id: uuid::Uuid::now_v7().to_string(),
+            player_id,
             username: display,
             username_key: key.clone(),
             email: email.clone(),
@@ -291,8 +359,15 @@ impl Accounts {
                 }
                 AuthError::Store(StoreError::Conflict(_)) => AuthError::UsernameTaken,
                 other => other,
-            })?;
-        Ok((account, tokens))
+            });
+        match tokens {
+            Ok(tokens) => Ok((account, tokens)),
+            Err(e) => {
+                let names = claims.into_iter().map(|(n, _)| n).collect();
+                self.release_names(&account.player_id, names).await;
+                Err(e)
+            }
+        }
     }
 
     async fn create_account_and_login(

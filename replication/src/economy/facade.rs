@@ -16,7 +16,8 @@ use super::model::{
 };
 use super::raft::{
     serve_rpc, tx_key, tx_prefix, BoxFuture, EconTypeConfig, InProcessNetwork, LogStore,
-    NetworkFactory, NodeId, RaftRpc, RaftRpcHandler, RaftRpcKind, ShardNetwork, SharedState, StateMachine,
+    NetworkFactory, NodeId, RaftRpc, RaftRpcHandler, RaftRpcKind, ShardNetwork, SharedState,
+    StateMachine,
 };
 use super::state::{body_hash, Command, IdemTag, Request};
 use crate::store::{Batch, Storage};
@@ -25,6 +26,8 @@ use crate::store::{Batch, Storage};
 pub const SHARDS_MAX: u16 = 99;
 /// Default number of shards.
 pub const SHARDS_DEFAULT: u16 = 16;
+/// Longest directory name (an email address is at most 320 bytes).
+pub const DIRECTORY_NAME_BYTES_MAX: usize = 320;
 /// Most transactions returned by one [`Economy::transactions`] call.
 pub const TRANSACTIONS_PAGE_MAX: usize = 100;
 /// How old a hold must be before the recovery task resolves it, in ms
@@ -574,9 +577,10 @@ impl Economy {
             let bytes = self
                 .forward(sh, leader, RaftRpcKind::ReadIndex, Vec::new())
                 .await?;
-            let index = postcard::from_bytes::<Result<u64, EconomyError>>(&bytes).map_err(|e| {
-                EconomyError::unavailable(format!("shard {}: bad read-index reply: {e}", sh.id))
-            })??;
+            let index =
+                postcard::from_bytes::<Result<u64, EconomyError>>(&bytes).map_err(|e| {
+                    EconomyError::unavailable(format!("shard {}: bad read-index reply: {e}", sh.id))
+                })??;
             return sh
                 .raft
                 .wait(Some(bound))
@@ -918,6 +922,42 @@ impl Economy {
         self.recover_holds(0).await
     }
 
+    /// Claim a globally unique name (a normalized username or email) for
+    /// `owner` in the directory: the name's shard is
+    /// `shard_of("name:" + name)`, so a claim is one Raft commit, linearizable
+    /// across regions. Claiming one's own name again succeeds; another
+    /// owner's is [`EconomyError::NameTaken`]; no quorum is
+    /// [`EconomyError::Unavailable`].
+    pub async fn claim_name(&self, name: &str, owner: &str) -> Result<(), EconomyError> {
+        Self::check_name_args(name, owner)?;
+        let cmd = Command::ClaimName {
+            name: name.to_string(),
+            owner: owner.to_string(),
+        };
+        self.write(self.shard(&format!("name:{name}")), cmd)
+            .await
+            .map(|_| ())
+    }
+
+    /// Release a name held by `owner` (no-op when someone else holds it).
+    pub async fn release_name(&self, name: &str, owner: &str) -> Result<(), EconomyError> {
+        Self::check_name_args(name, owner)?;
+        let cmd = Command::ReleaseName {
+            name: name.to_string(),
+            owner: owner.to_string(),
+        };
+        self.write(self.shard(&format!("name:{name}")), cmd)
+            .await
+            .map(|_| ())
+    }
+
+    fn check_name_args(name: &str, owner: &str) -> Result<(), EconomyError> {
+        if name.is_empty() || name.len() > DIRECTORY_NAME_BYTES_MAX {
+            return Err(EconomyError::invalid("name", "must be 1-320 bytes"));
+        }
+        validate_player_id("owner", owner)
+    }
+
     /// A player's balances (linearizable).
     pub async fn wallet(&self, player: &str) -> Result<BTreeMap<String, i64>, EconomyError> {
         validate_player_id("player_id", player)?;
@@ -1118,7 +1158,10 @@ impl Economy {
                 let voters = mem
                     .voter_ids()
                     .map(|id| {
-                        let name = mem.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+                        let name = mem
+                            .get_node(&id)
+                            .map(|n| n.addr.clone())
+                            .unwrap_or_default();
                         (id, name)
                     })
                     .collect();

@@ -103,7 +103,8 @@ pub mod state;
 
 pub use facade::{
     shard_of, Economy, EconomyConfig, GrantRequest, RaftTransport, ShardInfo, TransactionPage,
-    HOLD_RECOVERY_AGE_MS, SHARDS_DEFAULT, SHARDS_MAX, TRANSACTIONS_PAGE_MAX,
+    DIRECTORY_NAME_BYTES_MAX, HOLD_RECOVERY_AGE_MS, SHARDS_DEFAULT, SHARDS_MAX,
+    TRANSACTIONS_PAGE_MAX,
 };
 pub use model::{
     Catalog, CatalogItem, EconomyError, InventoryItem, Receipt, Transaction, TxKind, TxStatus,

@@ -63,6 +63,9 @@ pub enum EconomyError {
     /// The storage layer failed (500).
     #[error("storage: {0}")]
     Storage(String),
+    /// A directory name is held by someone else (409).
+    #[error("name {name} is taken")]
+    NameTaken { name: String },
 }
 
 impl EconomyError {
@@ -84,6 +87,7 @@ impl EconomyError {
             EconomyError::NotFound(_) => "not_found",
             EconomyError::Unavailable { .. } => "unavailable",
             EconomyError::Storage(_) => "storage_error",
+            EconomyError::NameTaken { .. } => "name_taken",
         }
     }
 

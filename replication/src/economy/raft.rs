@@ -418,6 +418,12 @@ fn load(storage: &Storage, shard: u16) -> Result<(ShardState, SmMeta), EconomyEr
         st.load_payment(dec::<PaymentRecord>(v)?);
         Ok(())
     })?;
+    let np = econ_key(shard, "name/");
+    scan_all(storage, &np, |k, v| {
+        let name = String::from_utf8_lossy(&k[np.len()..]).into_owned();
+        st.load_name(name, dec::<String>(v)?);
+        Ok(())
+    })?;
     Ok((st, meta))
 }
 
@@ -478,6 +484,14 @@ impl StateMachine {
                 Write::CreditDel(id) => {
                     b.delete(econ_key(s, &format!("credit/{id}")));
                 }
+                Write::Name(n) => match st.name_owner(n) {
+                    Some(o) => {
+                        b.put(econ_key(s, &format!("name/{n}")), enc(&o.to_string())?);
+                    }
+                    None => {
+                        b.delete(econ_key(s, &format!("name/{n}")));
+                    }
+                },
                 Write::PaymentPut(r) => {
                     if let Some(p) = st.payment_record(r) {
                         b.put(econ_key(s, &format!("pay/{r}")), enc(p)?);

@@ -136,6 +136,11 @@ pub enum Command {
     /// Cross-shard phase 3 after a rejected credit: refund and drop the hold.
     /// A no-op if the hold is gone.
     TransferAbort { transfer_id: String },
+    /// Directory: claim a globally unique name (normalized username or
+    /// email) for `owner`. Claiming one's own name again succeeds.
+    ClaimName { name: String, owner: String },
+    /// Directory: release a name held by `owner` (erasure, failed sign-up).
+    ReleaseName { name: String, owner: String },
 }
 
 /// One player's record: wallet, inventory and purchase counters.
@@ -215,6 +220,7 @@ pub enum Write {
     CreditPut(String),
     CreditDel(String),
     PaymentPut(String),
+    Name(String),
 }
 
 /// The result of one apply.
@@ -234,6 +240,8 @@ pub struct ShardState {
     credits: BTreeMap<String, CreditRecord>,
     credits_by_time: BTreeSet<(i64, String)>,
     payments: BTreeMap<String, PaymentRecord>,
+    /// The name directory part of this shard: name -> owner.
+    names: BTreeMap<String, String>,
     meta: ShardMeta,
 }
 
@@ -348,6 +356,13 @@ impl ShardState {
     }
     pub fn load_payment(&mut self, p: PaymentRecord) {
         self.payments.insert(p.reference.clone(), p);
+    }
+    pub fn load_name(&mut self, name: String, owner: String) {
+        self.names.insert(name, owner);
+    }
+    /// The owner of a directory name on this shard.
+    pub fn name_owner(&self, name: &str) -> Option<&str> {
+        self.names.get(name).map(String::as_str)
     }
     pub fn load_meta(&mut self, m: ShardMeta) {
         self.meta = m;
@@ -868,6 +883,38 @@ impl ShardState {
             }
             Command::TransferCommit { transfer_id } => self.finish_hold(transfer_id, true, w),
             Command::TransferAbort { transfer_id } => self.finish_hold(transfer_id, false, w),
+            Command::ClaimName { name, owner } => {
+                let replayed = match self.names.get(name) {
+                    Some(o) if o == owner => true,
+                    Some(_) => return Err(EconomyError::NameTaken { name: name.clone() }),
+                    None => {
+                        self.names.insert(name.clone(), owner.clone());
+                        w.push(Write::Name(name.clone()));
+                        false
+                    }
+                };
+                Ok(Receipt {
+                    transaction_id: String::new(),
+                    status: TxStatus::Completed,
+                    balances: BTreeMap::new(),
+                    items: Vec::new(),
+                    replayed,
+                })
+            }
+            Command::ReleaseName { name, owner } => {
+                let held = self.names.get(name).is_some_and(|o| o == owner);
+                if held {
+                    self.names.remove(name);
+                    w.push(Write::Name(name.clone()));
+                }
+                Ok(Receipt {
+                    transaction_id: String::new(),
+                    status: TxStatus::Completed,
+                    balances: BTreeMap::new(),
+                    items: Vec::new(),
+                    replayed: !held,
+                })
+            }
         }
     }
 

@@ -894,3 +894,47 @@ async fn power_cut_during_a_storm_loses_no_acknowledged_write() {
         eco.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_directory_claims_are_unique_idempotent_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let eco = Economy::open(open_storage(dir.path()).await, config())
+            .await
+            .unwrap();
+        eco.claim_name("user:alice", "p1").await.unwrap();
+        eco.claim_name("user:alice", "p1").await.unwrap();
+        assert_eq!(
+            eco.claim_name("user:alice", "p2").await.unwrap_err(),
+            EconomyError::NameTaken {
+                name: "user:alice".into()
+            }
+        );
+        // Releasing someone else's name does nothing.
+        eco.release_name("user:alice", "p2").await.unwrap();
+        assert!(eco.claim_name("user:alice", "p2").await.is_err());
+        eco.release_name("user:alice", "p1").await.unwrap();
+        eco.claim_name("user:alice", "p2").await.unwrap();
+        eco.claim_name("mail:a@example.com", "p2").await.unwrap();
+        // Bad input names the field.
+        let long = "x".repeat(DIRECTORY_NAME_BYTES_MAX + 1);
+        assert!(matches!(
+            eco.claim_name(&long, "p1").await.unwrap_err(),
+            EconomyError::InvalidInput { field, .. } if field == "name"
+        ));
+        assert!(matches!(
+            eco.claim_name("", "p1").await.unwrap_err(),
+            EconomyError::InvalidInput { field, .. } if field == "name"
+        ));
+        eco.shutdown().await;
+    }
+    let eco = Economy::open(open_storage(dir.path()).await, config())
+        .await
+        .unwrap();
+    assert!(
+        eco.claim_name("user:alice", "p1").await.is_err(),
+        "lost on restart"
+    );
+    eco.claim_name("mail:a@example.com", "p2").await.unwrap();
+    eco.shutdown().await;
+}
