@@ -578,3 +578,85 @@ async fn bank_workload_survives_a_leader_kill_9() {
         );
     }
 }
+
+/// `meridian drain` takes a region out of service without stopping it: its
+/// voter seats move to the other regions (money keeps flowing), it keeps
+/// answering reads, and the SIGTERM afterwards is quick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_voter_seats_away_and_keeps_money_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_three(dir.path());
+    wait_for("economy cluster", CLUSTER_WITHIN, async || {
+        cluster_formed(&nodes[0]).await
+    })
+    .await;
+    let reg = register(&nodes[0].url(), "drainee", "correct horse battery").await;
+    let me = reg["player_id"].as_str().unwrap().to_string();
+    let token = reg["access_token"].as_str().unwrap().to_string();
+
+    wait_for(
+        "the account in the region to drain",
+        VISIBLE_WITHIN,
+        async || {
+            login(&nodes[2].url(), "drainee", "correct horse battery")
+                .await
+                .0
+                == 200
+        },
+    )
+    .await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["drain", "--via", &nodes[2].url(), "--wait-s", "60"])
+        .env("MERIDIAN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meridian drain: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not ready any more, but still serving reads.
+    let (s, _, _) = call(client().get(format!("{}/readyz", nodes[2].url()))).await;
+    assert_eq!(s, 503);
+    let (s, _, p) = call(
+        client()
+            .get(format!("{}/player/{me}/profile", nodes[2].url()))
+            .header("authorization", bearer(&token)),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    // No shard counts the drained region as a voter any more.
+    for n in &nodes[..2] {
+        let sh = shards(n).await.unwrap();
+        assert!(
+            sh.iter().all(|s| !s["voter_names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == "ap-south")),
+            "ap-south still a voter"
+        );
+    }
+    // Money keeps flowing on the two remaining regions.
+    let (s, _, b) = call(
+        client()
+            .post(format!("{}/economy/grant", nodes[1].url()))
+            .header("authorization", bearer(SERVER_TOKEN))
+            .json(&json!({"player_id": me, "currency": "coins", "amount": 5,
+                           "reason": "after drain", "idempotency_key": "d-1"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let t = Instant::now();
+    assert_eq!(nodes[2].terminate(), Some(0));
+    eprintln!("drained node stopped {:?} after SIGTERM", t.elapsed());
+    let (s, _, w) = call(
+        client()
+            .get(format!("{}/wallet/me", nodes[0].url()))
+            .header("authorization", bearer(&token)),
+    )
+    .await;
+    assert_eq!(s, 200, "{w}");
+    assert_eq!(w["balances"]["coins"], 5);
+}

@@ -80,6 +80,19 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         count: u32,
     },
+    /// Drain a running node (POST /admin/drain): readiness off, no new game
+    /// servers, economy voter seats moved to other regions. Waits until the
+    /// seats moved; stop the node afterwards (SIGTERM) at any time.
+    Drain {
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:7700")]
+        via: String,
+        #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: String,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
+    },
     /// Run a 3-region mesh on this machine (regions from regions/), with
     /// injected inter-region latency, until Ctrl-C.
     Demo {
@@ -284,6 +297,20 @@ fn main() -> std::process::ExitCode {
                     Err(e) => fail("certs issue", e),
                 }
             }
+        },
+        Command::Drain {
+            via,
+            admin_token,
+            wait_s,
+        } => match runtime() {
+            Ok(rt) => match rt.block_on(meridian::tools::drain(&via, &admin_token, wait_s)) {
+                Ok(line) => {
+                    println!("{line}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => fail("drain", e),
+            },
+            Err(e) => fail("drain", e),
         },
         Command::PingRegions { via, count } => match runtime() {
             Ok(rt) => match rt.block_on(meridian::tools::ping_regions(&via, count)) {

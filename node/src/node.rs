@@ -307,10 +307,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(region = %state.region.name, http = %local, data_dir = %state.cfg.data_dir.display(), "meridian node listening on http://{local}");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Set by SIGTERM/SIGINT only (an admin drain turns readiness off too,
+    // but keeps serving until the process is stopped).
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping_tx = stopping.clone();
     let drain_state = state.clone();
     let drain_timeout = Duration::from_millis(state.cfg.limits.shutdown_drain_timeout_ms);
     tokio::spawn(async move {
         shutdown_signal().await;
+        stopping_tx.store(true, Ordering::Release);
         drain_state.ready.store(false, Ordering::Release);
         // Pre-stop: still serving, but not ready, so traffic moves away first.
         let prestop = Duration::from_millis(drain_state.cfg.limits.shutdown_prestop_ms);
@@ -335,7 +340,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         res = &mut server => res?,
         _ = async {
             // Bound the drain: once readiness is off, wait at most the timeout.
-            while state.is_ready() { tokio::time::sleep(Duration::from_millis(50)).await; }
+            while !stopping.load(Ordering::Acquire) { tokio::time::sleep(Duration::from_millis(50)).await; }
             tokio::time::sleep(drain_timeout + Duration::from_millis(state.cfg.limits.shutdown_prestop_ms)).await;
         } => tracing::warn!("drain timeout: closing with requests in flight"),
     }

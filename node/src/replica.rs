@@ -88,6 +88,9 @@ pub struct ReplicaStats {
 pub struct Replica {
     pub net: Arc<MeshRaftNet>,
     pub stats: ReplicaStats,
+    /// A drain moved every voter seat of this node away (or it had none to
+    /// move).
+    pub seats_moved: std::sync::atomic::AtomicBool,
     pullers: Mutex<HashMap<String, mpsc::Sender<()>>>,
 }
 
@@ -96,6 +99,7 @@ impl Default for Replica {
         Self {
             net: Arc::new(MeshRaftNet::default()),
             stats: ReplicaStats::default(),
+            seats_moved: Default::default(),
             pullers: Mutex::new(HashMap::new()),
         }
     }
@@ -1091,24 +1095,25 @@ pub async fn hand_off_voters(state: &Shared, within: Duration) -> bool {
     state
         .draining
         .store(true, std::sync::atomic::Ordering::Release);
+    let done = |ok: bool| {
+        state.replica.seats_moved.store(ok, Ordering::Release);
+        ok
+    };
     let Some(client) = state.with_mesh(|m| m.client()) else {
-        return true;
+        return done(true);
     };
     let _ = client.update_metadata(|m| m.draining = true).await;
     let me = state.cfg.node_name();
-    let cluster = read_cluster_id(&state.storage);
     let deadline = Instant::now() + within;
     loop {
-        // Seats can only move to live peers of this economy cluster.
-        let takers = client.members().into_iter().any(|m| {
-            !m.is_self
-                && m.state == MemberState::Alive
-                && m.metadata
-                    .as_ref()
-                    .is_some_and(|md| !md.draining && cluster != 0 && md.economy_cluster == cluster)
-        });
-        if !takers {
-            return false;
+        // A node that shares no shard with another voter has nothing to move.
+        let shared = state
+            .economy
+            .shards()
+            .iter()
+            .any(|sh| sh.voter_names.contains(&me) && sh.voter_names.len() > 1);
+        if !shared && state.economy.led_shards().iter().all(|(_, v)| v.len() <= 1) {
+            return done(true);
         }
         let mut held = false;
         // This node's own view counts while it leads (its manager moves it).
@@ -1131,11 +1136,11 @@ pub async fn hand_off_voters(state: &Shared, within: Duration) -> bool {
         }
         if !held {
             tracing::info!("economy voter seats handed off");
-            return true;
+            return done(true);
         }
         if Instant::now() >= deadline {
             tracing::warn!("economy voter seats not all handed off in time");
-            return false;
+            return done(false);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

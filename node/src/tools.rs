@@ -54,6 +54,37 @@ pub async fn measure_regions(via: &str, count: u32) -> anyhow::Result<Vec<Region
     Ok(out)
 }
 
+/// `meridian drain`: start a drain over the admin API and wait until the
+/// node's economy voter seats moved (or `wait_s` passed).
+pub async fn drain(via: &str, admin_token: &str, wait_s: u64) -> anyhow::Result<String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let url = format!("{}/admin/drain", via.trim_end_matches('/'));
+    let resp = http.post(&url).bearer_auth(admin_token).send().await?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        bail!("{url}: {status}: {}", resp.text().await.unwrap_or_default());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_s);
+    loop {
+        let v: Value = http
+            .get(&url)
+            .bearer_auth(admin_token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if v["seats_moved"] == true {
+            return Ok(format!("drained: {v}"));
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("voter seats not moved after {wait_s} s: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 pub async fn ping_regions(via: &str, count: u32) -> anyhow::Result<String> {
     let pings = measure_regions(via, count).await?;
     let mut s = format!(

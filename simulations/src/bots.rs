@@ -34,7 +34,13 @@ pub const SCENARIOS: &[&str] = &[
     "leaderboard",
     "full-session",
     "ws-idle",
+    "replication-lag",
 ];
+/// In the replication-lag scenario, how long a bot polls the other region
+/// before it records a timeout.
+pub const REPLICATION_WAIT_MAX: Duration = Duration::from_secs(10);
+/// ...and how often it polls.
+pub const REPLICATION_POLL: Duration = Duration::from_millis(5);
 /// Open file descriptors this process asks for (idle-connection runs need
 /// one per connection); capped by the kernel's `fs.nr_open`.
 pub const FD_LIMIT_WANTED: u64 = 1_048_576;
@@ -396,6 +402,7 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
             }
         }
         "full-session" => full_session(ctx, player, n).await,
+        "replication-lag" => replication_lag(ctx, player, n).await,
         "economy" => {
             let body = json!({"item_id": "potion", "quantity": 1, "currency": "coins", "idempotency_key": format!("{}-{n}", ctx.run_id)});
             let receipt = match post(
@@ -467,6 +474,80 @@ async fn step(ctx: &Ctx, player: &Player, intended: Instant) {
             }
         }
         _ => ctx.rec.err("unknown", "scenario".into()),
+    }
+}
+
+/// Write in the player's region, poll the next region until the write is
+/// visible there: `score_lag` and `profile_lag` are the time from the
+/// write's acknowledgement to visibility in the other region.
+async fn replication_lag(ctx: &Ctx, player: &Player, n: u64) {
+    let other = (player.target + 1) % ctx.cfg.targets.len();
+    let base = &ctx.cfg.targets[other];
+    if n.is_multiple_of(2) {
+        let score = 1 + (n as i64 % 1_000_000);
+        let body = json!({"player_id": player.player_id, "score": score});
+        // `arena` keeps the best score; n grows, so every write raises it.
+        match post(
+            ctx,
+            player.target,
+            "/leaderboards/arena/scores",
+            ctx.cfg.server_token.as_deref(),
+            &body,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(code) => return ctx.rec.err("score_write", code),
+        }
+        let acked = Instant::now();
+        let url = format!("{base}/leaderboards/arena?around={}&n=0", player.player_id);
+        while acked.elapsed() < REPLICATION_WAIT_MAX {
+            if let Ok(v) = read(ctx.http.get(&url).send().await).await {
+                let seen = v["entries"].as_array().is_some_and(|e| {
+                    e.iter().any(|x| {
+                        x["player_id"] == player.player_id.as_str()
+                            && x["score"].as_i64().is_some_and(|s| s >= score)
+                    })
+                });
+                if seen {
+                    return ctx.rec.ok("score_lag", acked.elapsed());
+                }
+            }
+            tokio::time::sleep(REPLICATION_POLL).await;
+        }
+        ctx.rec.err("score_lag", "timeout".into());
+    } else {
+        let name = format!("r{n}");
+        match ctx
+            .http
+            .patch(format!(
+                "{}/player/me/profile",
+                ctx.cfg.targets[player.target]
+            ))
+            .bearer_auth(&player.token)
+            .json(&json!({"display_name": name}))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                return ctx
+                    .rec
+                    .err("profile_write", r.status().as_u16().to_string())
+            }
+            Err(_) => return ctx.rec.err("profile_write", "connect".into()),
+        }
+        let acked = Instant::now();
+        let url = format!("{base}/player/{}/profile", player.player_id);
+        while acked.elapsed() < REPLICATION_WAIT_MAX {
+            if let Ok(v) = read(ctx.http.get(&url).bearer_auth(&player.token).send().await).await {
+                if v["display_name"] == name.as_str() {
+                    return ctx.rec.ok("profile_lag", acked.elapsed());
+                }
+            }
+            tokio::time::sleep(REPLICATION_POLL).await;
+        }
+        ctx.rec.err("profile_lag", "timeout".into());
     }
 }
 

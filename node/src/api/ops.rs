@@ -30,6 +30,7 @@ pub fn routes() -> Router<Shared> {
         super::player::erase_me, super::player::erase_player,
         super::telemetry::ingest, super::telemetry::query,
         healthz, readyz, regions, super::mesh::admin_mesh, super::mesh::admin_replication,
+        super::mesh::drain, super::mesh::drain_status,
         super::economy::wallet, super::economy::inventory, super::economy::catalog, super::economy::purchase,
         super::economy::grant, super::economy::transfer, super::economy::consume, super::economy::equip,
         super::economy::transactions, super::economy::create_intent, super::economy::webhook, super::economy::shards,
