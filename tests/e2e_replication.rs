@@ -660,3 +660,142 @@ async fn drain_moves_voter_seats_away_and_keeps_money_flowing() {
     assert_eq!(s, 200, "{w}");
     assert_eq!(w["balances"]["coins"], 5);
 }
+
+/// What a replica sends in reply to a pull (same field order as the node's).
+#[derive(serde::Serialize)]
+struct ForgedReply {
+    epoch: u64,
+    version: u64,
+    more: bool,
+    kv: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    leaderboards: Vec<u8>,
+}
+
+/// A mesh member with a valid cluster certificate but broken or hostile
+/// replication: its malformed requests, garbage replies, oversized batches
+/// and values that fail their merge rule are refused and counted; the node
+/// keeps serving and its data is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_replication_is_refused_and_counted() {
+    use meridian_mesh::{Mesh, MeshConfig, NodeMetadata};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let node = Node::start(
+        &dir.path().join("eu-west"),
+        &[
+            ("MERIDIAN_REGION", "eu-west"),
+            ("MERIDIAN_NODE_NAME", "eu-west"),
+            ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
+        ],
+    );
+    let reg = register(&node.url(), "steady", "correct horse battery").await;
+    let me = reg["player_id"].as_str().unwrap().to_string();
+    let token = reg["access_token"].as_str().unwrap().to_string();
+
+    let certs = meridian_mesh::pki::ensure_dev_certs(&dir.path().join("rogue"), "rogue", Some(&ca))
+        .unwrap();
+    let mesh = Mesh::start(MeshConfig {
+        node_name: "rogue".into(),
+        region: "us-east".into(),
+        bind_addr: "127.0.0.1:0".parse().unwrap(),
+        advertise_addr: None,
+        seeds: vec![node.env("MERIDIAN_MESH_ADDR").unwrap().parse().unwrap()],
+        certs,
+        metadata: NodeMetadata {
+            api_url: "http://rogue.invalid".into(),
+            game_host: "127.0.0.1".into(),
+            game_port: 0,
+            beacon_addr: None,
+            dgs_capacity: 0,
+            load: 0.0,
+            build_version: "rogue".into(),
+            economy_cluster: 0,
+            draining: false,
+        },
+        injected_rtt_by_region: Default::default(),
+        incarnation: None,
+    })
+    .await
+    .unwrap();
+    // Its pull replies: garbage, too many keys, then values that fail their
+    // merge rules (a profile that is not automerge, an account under another
+    // player's key, an unknown prefix).
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let victim = me.clone();
+    let c = calls.clone();
+    mesh.register_rpc_handler(
+        "sync.pull",
+        std::sync::Arc::new(move |_from, _body: bytes::Bytes| {
+            let n = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let victim = victim.clone();
+            async move {
+                let reply = match n % 3 {
+                    0 => return Ok(bytes::Bytes::from_static(b"\xff\xff\xff garbage")),
+                    1 => ForgedReply {
+                        epoch: 7,
+                        version: 1,
+                        more: false,
+                        kv: (0..5_000)
+                            .map(|i| (format!("prof/{i}").into_bytes(), Some(vec![1])))
+                            .collect(),
+                        leaderboards: Vec::new(),
+                    },
+                    _ => ForgedReply {
+                        epoch: 7,
+                        version: 1,
+                        more: false,
+                        kv: vec![
+                            (format!("prof/{victim}").into_bytes(), Some(b"not automerge".to_vec())),
+                            (
+                                format!("acct/{victim}").into_bytes(),
+                                Some(br#"{"player_id":"someone-else"}"#.to_vec()),
+                            ),
+                            (b"keys/sign/eu-west".to_vec(), Some(b"stolen".to_vec())),
+                        ],
+                        leaderboards: Vec::new(),
+                    },
+                };
+                Ok(bytes::Bytes::from(postcard::to_allocvec(&reply).unwrap()))
+            }
+        }),
+    );
+    wait_for("the node pulled from the rogue", Duration::from_secs(15), async || {
+        calls.load(std::sync::atomic::Ordering::Relaxed) >= 6
+    })
+    .await;
+    // Its requests to the node: malformed Raft RPCs, pulls and pokes.
+    let client = mesh.client();
+    for service in ["raft", "sync.pull"] {
+        let r = client.rpc("eu-west", service, b"\x01\x02 not postcard").await;
+        assert!(r.is_err(), "{service} accepted garbage");
+    }
+    let r = client.rpc("eu-west", "sync.poke", &vec![b'x'; 10_000]).await;
+    assert!(r.is_err(), "oversized poke accepted");
+
+    let (s, _, v) = call(
+        client_http()
+            .get(format!("{}/admin/replication", node.url()))
+            .header("authorization", bearer(ADMIN_TOKEN)),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["replies_refused"].as_u64().unwrap() >= 5, "{v}");
+    assert!(v["changes_refused"].as_u64().unwrap() >= 3, "{v}");
+    assert_eq!(v["changes_applied"].as_u64(), Some(0), "{v}");
+    // The node is healthy and the player's data untouched.
+    let (s, _, p) = call(
+        client_http()
+            .get(format!("{}/player/{me}/profile", node.url()))
+            .header("authorization", bearer(&token)),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["username"], "steady");
+    let (s, _, _) = call(client_http().get(format!("{}/readyz", node.url()))).await;
+    assert_eq!(s, 200);
+    mesh.shutdown().await;
+}
+
+fn client_http() -> reqwest::Client {
+    client()
+}
