@@ -9,6 +9,8 @@
 //!   capacity, drain) and the embedded backend with a warm pool; exactly one
 //!   [`orchestrator::SessionReport`] per session.
 //! - [`process`]: the Process backend (one executable per match, local SDK HTTP endpoint).
+//! - [`refserver`]: the reference external game server the Process backend runs
+//!   (`meridian game-server`).
 //! - [`bot`]: a bot client of the arena game, for tests and load bots.
 //!
 //! Not for: matchmaking, ratings, rewards or HTTP; the node (`meridian`)
@@ -20,6 +22,7 @@ pub mod game;
 pub mod orchestrator;
 pub mod process;
 pub mod protocol;
+pub mod refserver;
 pub mod server;
 pub mod token;
 

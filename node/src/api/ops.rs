@@ -114,7 +114,8 @@ pub async fn readyz(State(state): State<Shared>) -> Result<Json<Health>, ApiErro
 
 pub async fn metrics_text(State(state): State<Shared>) -> impl IntoResponse {
     state.with_mesh(crate::cluster::export_metrics);
-    if let Ok(v) = serde_json::to_value(state.games.orchestrator().server().stats()) {
+    let stats = state.games.orchestrator().game_server().map(|g| g.stats());
+    if let Some(Ok(v)) = stats.map(serde_json::to_value) {
         for (k, v) in v.as_object().into_iter().flatten() {
             if let Some(n) = v.as_u64() {
                 metrics::gauge!("dgs_stat", "counter" => k.clone()).set(n as f64);
