@@ -65,7 +65,7 @@ impl Default for GamesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DgsConfig {
     /// `embedded` (matches as tasks in the node), `process` (one executable
-    /// per match, `[dgs.process]`).
+    /// per match, `[dgs.process]`), `agones` (a Kubernetes fleet, `[dgs.agones]`).
     pub backend: String,
     pub sessions_max: usize,
     pub warm_pool_slots: usize,
@@ -76,6 +76,8 @@ pub struct DgsConfig {
     pub drain_deadline_s: u64,
     /// The Process backend (`backend = "process"`).
     pub process: ProcessSection,
+    /// The Agones backend (`backend = "agones"`).
+    pub agones: meridian_dgs::agones::AgonesConfig,
 }
 
 impl Default for DgsConfig {
@@ -89,12 +91,13 @@ impl Default for DgsConfig {
             tick_rate_hz: 30,
             drain_deadline_s: 30,
             process: ProcessSection::default(),
+            agones: Default::default(),
         }
     }
 }
 
 /// Backends `dgs.backend` accepts.
-pub const DGS_BACKENDS: &[&str] = &["embedded", "process"];
+pub const DGS_BACKENDS: &[&str] = &["embedded", "process", "agones"];
 
 /// `[dgs.process]`: the game-server executable the node spawns per match
 /// (see `meridian_dgs::process` for its environment and SDK).
@@ -143,6 +146,12 @@ impl DgsConfig {
         if self.sessions_max == 0 {
             anyhow::bail!("config: dgs.sessions_max must be at least 1");
         }
+        if self.backend == "agones" {
+            let mut a = self.agones.clone();
+            a.sessions_max = self.sessions_max;
+            a.validate()
+                .map_err(|e| anyhow::anyhow!("config: dgs.agones.{e}"))?;
+        }
         if self.backend == "process" {
             let p = &self.process;
             if p.command.as_ref().is_none_or(|c| c.as_os_str().is_empty()) {
@@ -174,7 +183,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// `embedded` or `process`.
+    /// `embedded`, `process` or `agones`.
     pub fn backend(&self) -> &'static str {
         self.backend
     }
@@ -387,6 +396,21 @@ impl Games {
                 tracing::info!(sdk = %o.sdk_addr(), command = ?p.command, "game servers: process backend");
                 let fleet = Fleet {
                     backend: "process",
+                    inner: std::sync::Arc::new(o),
+                    embedded: None,
+                };
+                (fleet, reports)
+            }
+            "agones" => {
+                let mut acfg = dgs.agones.clone();
+                acfg.sessions_max = dgs.sessions_max;
+                acfg.token_ttl_s = dgs.token_ttl_s;
+                let (o, reports) = meridian_dgs::agones::AgonesOrchestrator::start(acfg, signer)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("starting the dgs.agones backend: {e}"))?;
+                tracing::info!(sdk = %o.sdk_addr(), fleet = %dgs.agones.fleet, "game servers: agones backend");
+                let fleet = Fleet {
+                    backend: "agones",
                     inner: std::sync::Arc::new(o),
                     embedded: None,
                 };
@@ -803,6 +827,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dgs.process.port_range_start"), "{e}");
+        let e = dgs("backend = \"agones\"").unwrap_err().to_string();
+        assert!(e.contains("dgs.agones.fleet"), "{e}");
+        let ok = dgs("backend = \"agones\"\n[agones]\nfleet = \"arena\"\nsdk_public_url = \"http://n:39000\"\n[agones.required_labels]\nzone = \"a\"").unwrap();
+        assert_eq!(ok.agones.required_labels["zone"], "a");
+        let e = dgs("backend = \"agones\"\n[agones]\nfleet = \"arena\"\nsdk_public_url = \"http://n:39000\"\nscheduling = \"Random\"").unwrap_err().to_string();
+        assert!(e.contains("dgs.agones.scheduling"), "{e}");
+        let e = dgs("[agones]\nsessions_max = 3").unwrap_err().to_string();
+        assert!(e.contains("sessions_max"), "{e}");
         let e = dgs("[process]\ncomand = \"x\"").unwrap_err().to_string();
         assert!(e.contains("comand"), "{e}");
     }
