@@ -217,6 +217,15 @@ pub async fn regions(State(state): State<Shared>) -> Json<Vec<RegionView>> {
         if let Some(b) = &state.beacon {
             v.beacon = format!("{}:{}", me.public_host, b.local_addr().port());
         }
+        // ...and the game port it really listens on (embedded backend).
+        if let Some(Ok(a)) = state
+            .games
+            .orchestrator()
+            .game_server()
+            .map(|g| g.local_addr())
+        {
+            v.game_port = a.port();
+        }
     }
     Json(views)
 }
