@@ -30,6 +30,8 @@ use crate::{PlayerId, SessionId};
 
 /// Largest SDK response read, in bytes.
 pub const SDK_RESPONSE_BYTES_MAX: usize = 64 * 1024;
+/// `ready` refused as unknown (401) is retried this many times, 50 ms apart.
+pub const READY_RETRIES_MAX: u32 = 40;
 /// Players of one match (the node never allocates more; see [`crate::game`]).
 const ROSTER_MAX: usize = crate::game::PLAYERS_PER_MATCH_MAX;
 
@@ -99,7 +101,13 @@ pub struct RefServerEnv {
 
 impl RefServerEnv {
     pub fn from_env() -> Result<Self, String> {
-        let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// The same from any source of `MERIDIAN_*` values (e.g. an Agones
+    /// game server's `meridian.dev/*` annotations).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let var = |k: &str| get(k).ok_or_else(|| format!("{k} is not set"));
         let session_id = var("MERIDIAN_SESSION_ID")?
             .parse()
             .map_err(|_| "MERIDIAN_SESSION_ID is not a UUID".to_string())?;
@@ -192,9 +200,18 @@ pub async fn run(env: RefServerEnv, opts: RefServerOptions) -> Result<(), String
         let (addr, cred) = (env.sdk_addr, env.sdk_token.clone());
         async move { sdk_post(addr, &cred, path, &body).await }
     };
-    match sdk("/sdk/ready", serde_json::json!({})).await {
-        Ok((204, _)) => {}
-        other => return Err(format!("SDK ready refused: {other:?}")),
+    // An Agones game server can see its allocation a moment before the
+    // node has recorded the session: retry a refused `ready` briefly.
+    let mut tries = 0;
+    loop {
+        match sdk("/sdk/ready", serde_json::json!({})).await {
+            Ok((204, _)) => break,
+            Ok((401, _)) if tries < READY_RETRIES_MAX => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Err(format!("SDK ready refused: {other:?}")),
+        }
     }
     let health = {
         let (addr, cred) = (env.sdk_addr, env.sdk_token.clone());
