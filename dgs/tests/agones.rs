@@ -324,3 +324,29 @@ async fn current_thread_runtime_is_an_error_not_a_panic() {
     }
     assert!(seen.lock().unwrap().seen.is_empty());
 }
+
+/// Agones backend against the loopback scripted API server: the cost of the
+/// kube-rs request path and session registration only (a real cluster's
+/// allocator adds its own latency). Run with `--ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn allocation_latency_against_scripted_api() {
+    let n = 1_000usize;
+    let answers = (0..n)
+        .map(|i| allocated(7000 + (i % 1000) as u16))
+        .collect();
+    let (o, _rx, _) = start(answers, |c| c.sessions_max = n).await;
+    let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        o.allocate(spec("duel")).unwrap();
+        h.record(t.elapsed().as_micros() as u64).unwrap();
+    }
+    println!(
+        "agones allocations (scripted loopback API): n={n} p50={}us p99={}us rate={:.0}/s",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        n as f64 / t0.elapsed().as_secs_f64()
+    );
+}
