@@ -432,6 +432,15 @@ mod tests {
         c.preferred_labels.push(BTreeMap::new());
         assert!(c.validate().unwrap_err().contains("preferred_labels"));
         let mut c = cfg();
+        c.required_labels = (0..SELECTOR_LABELS_MAX)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(c.validate().is_ok());
+        c.required_labels.insert("one-more".into(), "v".into());
+        assert!(c.validate().unwrap_err().contains("required_labels"));
+        let mut c = cfg();
+        c.contention_retries = CONTENTION_RETRIES_MAX;
+        assert!(c.validate().is_ok());
         c.contention_retries = CONTENTION_RETRIES_MAX + 1;
         assert!(c.validate().unwrap_err().contains("contention_retries"));
         let mut c = cfg();

@@ -379,4 +379,62 @@ mod tests {
         assert!(RefServerOptions::parse(&a(&["--duration-s", "-1"])).is_err());
         assert!(RefServerOptions::parse(&a(&["--nope", "1"])).is_err());
     }
+
+    fn env_of(players: &str) -> Result<RefServerEnv, String> {
+        let vars: HashMap<&str, String> = HashMap::from([
+            ("MERIDIAN_SESSION_ID", uuid::Uuid::new_v4().to_string()),
+            ("MERIDIAN_GAME_PORT", "7000".into()),
+            ("MERIDIAN_SDK_URL", "http://127.0.0.1:39000".into()),
+            ("MERIDIAN_SDK_TOKEN", "t".into()),
+            ("MERIDIAN_MODE", "duel".into()),
+            ("MERIDIAN_PLAYERS", players.into()),
+        ]);
+        RefServerEnv::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn environment_roster_edge_and_errors() {
+        let roster = |n: usize| {
+            (0..n)
+                .map(|i| format!("{}:{}", uuid::Uuid::new_v4(), i % 2))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let e = env_of(&roster(ROSTER_MAX)).unwrap();
+        assert_eq!(e.spec.teams.len(), 2);
+        assert_eq!(e.spec.roster().len(), ROSTER_MAX);
+        let err = env_of(&roster(ROSTER_MAX + 1)).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+        assert!(env_of("not-a-uuid:0").unwrap_err().contains("bad player"));
+        let p = uuid::Uuid::new_v4();
+        assert!(env_of(&format!("{p}:99")).unwrap_err().contains("bad team"));
+        assert!(env_of(&format!("{p}:0,{p}:1")).is_err(), "duplicate player");
+        assert!(RefServerEnv::from_lookup(|_| None)
+            .unwrap_err()
+            .contains("MERIDIAN_SESSION_ID"));
+    }
+
+    #[tokio::test]
+    async fn sdk_response_is_bounded() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n{\"a\":\"").await;
+            // Far more than the limit, and never closed by the server.
+            let junk = vec![b'x'; SDK_RESPONSE_BYTES_MAX * 2];
+            let _ = s.write_all(&junk).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let (code, body) = tokio::time::timeout(
+            Duration::from_secs(5),
+            sdk_post(addr, "c", "/sdk/health", &serde_json::json!({})),
+        )
+        .await
+        .expect("returns at the limit, not at the server's close")
+        .unwrap();
+        assert_eq!((code, body), (200, serde_json::Value::Null));
+    }
 }
