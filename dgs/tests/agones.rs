@@ -350,3 +350,36 @@ async fn allocation_latency_against_scripted_api() {
         n as f64 / t0.elapsed().as_secs_f64()
     );
 }
+
+/// An `https` API server: kube-rs builds its TLS client on rustls with
+/// aws-lc-rs (the only provider compiled in); an unreachable server is an
+/// `Unavailable` allocation error, not a panic or a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_client_builds_on_aws_lc_rs_and_unreachable_is_unavailable() {
+    let (o, _rx) = AgonesOrchestrator::start(
+        AgonesConfig {
+            api_url: Some(format!("https://127.0.0.1:{}", free_port())),
+            fleet: "arena-fleet".into(),
+            sdk_public_url: "http://node:39000".into(),
+            sdk_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            allocate_timeout_ms: 2_000,
+            ..Default::default()
+        },
+        TokenSigner::random(),
+    )
+    .await
+    .expect("TLS client builds");
+    match o.allocate(spec("duel")) {
+        Err(AllocateError::Unavailable(m)) => assert!(!m.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(o.capacity().sessions_running, 0);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
