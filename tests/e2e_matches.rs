@@ -372,3 +372,382 @@ async fn websocket_pushes_match_found() {
     let res = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.addr)).await;
     assert!(res.is_err());
 }
+
+/// `dgs.backend = "process"`: the node spawns `meridian game-server` (the
+/// reference external game server speaking the local SDK) per match. A duel
+/// plays to the end over UDP and its result is applied once; the squad
+/// server aborts mid-match (`--crash-in-mode squad`): the session is failed,
+/// the players are told over `/ws`, and nothing is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn process_backend_plays_a_match_and_a_crash_fails_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let port_start = free_udp_port();
+    let args = r#"["game-server", "--duration-s", "2", "--crash-in-mode", "squad", "--crash-after-ms", "400"]"#;
+    let node = Node::start(
+        dir.path(),
+        &[
+            ("MERIDIAN_DGS__BACKEND", "process"),
+            (
+                "MERIDIAN_DGS__PROCESS__COMMAND",
+                env!("CARGO_BIN_EXE_meridian"),
+            ),
+            ("MERIDIAN_DGS__PROCESS__ARGS", args),
+            (
+                "MERIDIAN_DGS__PROCESS__PORT_RANGE_START",
+                &port_start.to_string(),
+            ),
+            (
+                "MERIDIAN_DGS__PROCESS__PORT_RANGE_END",
+                &(port_start + 4).to_string(),
+            ),
+        ],
+    );
+    let base = node.url();
+    let mut players = Vec::new();
+    for (i, mode) in ["duel", "duel", "squad", "squad", "squad", "squad"]
+        .iter()
+        .enumerate()
+    {
+        let (s, _, b) = call(
+            client()
+                .post(format!("{base}/auth/device"))
+                .json(&json!({"device_id": format!("process-bot-{i}")})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        players.push((
+            b["player_id"].as_str().unwrap().to_string(),
+            b["access_token"].as_str().unwrap().to_string(),
+            *mode,
+        ));
+    }
+    // A squad player listens on /ws for the failure.
+    let url = format!("ws://{}/ws?access_token={}", node.addr, players[2].1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut tickets = Vec::new();
+    for (_, token, mode) in &players {
+        let (s, _, b) = call(
+            client()
+                .post(format!("{base}/matchmaking/join"))
+                .header("authorization", format!("Bearer {token}"))
+                .json(&json!({"game_mode": mode, "latencies": {"eu-west": 20.0}})),
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+        tickets.push(b["ticket_id"].as_str().unwrap().to_string());
+    }
+    let mut matches = vec![Value::Null; players.len()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while matches.iter().any(Value::is_null) {
+        assert!(Instant::now() < deadline, "not matched: {matches:?}");
+        for (i, (_, token, _)) in players.iter().enumerate() {
+            if matches[i].is_null() {
+                let (_, b) = get(
+                    format!("{base}/matchmaking/status?ticket_id={}", tickets[i]),
+                    token,
+                )
+                .await;
+                if b["status"] == "matched" {
+                    matches[i] = b["match"].clone();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let duel_session = matches[0]["session_id"].as_str().unwrap().to_string();
+    let squad_session = matches[2]["session_id"].as_str().unwrap().to_string();
+    assert_ne!(duel_session, squad_session);
+    assert_ne!(
+        matches[0]["port"], matches[2]["port"],
+        "one process, one port"
+    );
+    let cfg = meridian_dgs::bot::BotConfig {
+        arena: meridian_dgs::arena::ArenaConfig {
+            duration_s: 2.0,
+            ..Default::default()
+        },
+        connect_timeout_ms: 15_000,
+        match_timeout_ms: 8_000,
+        ..Default::default()
+    };
+    let outcomes: Vec<_> = futures::stream::iter(matches.iter().enumerate())
+        .map(|(i, m)| {
+            let cfg = cfg.clone();
+            let addr: std::net::SocketAddr =
+                format!("{}:{}", m["host"].as_str().unwrap(), m["port"])
+                    .parse()
+                    .unwrap();
+            let token =
+                meridian_dgs::token::SessionToken::from_base64(m["token"].as_str().unwrap())
+                    .unwrap();
+            async move { (i, meridian_dgs::bot::run_bot(addr, &token, &cfg).await) }
+        })
+        .buffer_unordered(6)
+        .collect()
+        .await;
+    let mut won = vec![false; players.len()];
+    for (i, o) in outcomes {
+        if players[i].2 == "duel" {
+            let o = o.unwrap_or_else(|e| panic!("duel bot {i}: {e}"));
+            match o.end {
+                meridian_dgs::bot::BotEnd::Ended { winner_team, .. } => {
+                    won[i] = winner_team == Some(o.team)
+                }
+                other => panic!("duel bot {i} did not finish: {other:?}"),
+            }
+        } else {
+            // The server died mid-match: no end on the game port.
+            assert!(
+                !matches!(
+                    o,
+                    Ok(meridian_dgs::bot::BotOutcome {
+                        end: meridian_dgs::bot::BotEnd::Ended { .. },
+                        ..
+                    })
+                ),
+                "squad bot {i} saw an end"
+            );
+        }
+    }
+    // The squad player is told.
+    let told = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(m)) = ws.next().await {
+            let Ok(text) = m.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            if v["type"] == "match_ended" {
+                return v;
+            }
+        }
+        Value::Null
+    })
+    .await
+    .expect("match_ended push");
+    assert_eq!(told["session_id"], squad_session.as_str(), "{told}");
+    assert_eq!(told["status"], "failed", "{told}");
+    assert_eq!(told["reason"], "Crashed", "{told}");
+    // Sessions: the duel completed, the squad failed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list) = get(format!("{base}/admin/sessions?limit=10"), ADMIN_TOKEN).await;
+        let status = |id: &str| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["id"] == id)
+                .map(|s| s["status"].as_str().unwrap().to_string())
+        };
+        if status(&duel_session).as_deref() == Some("completed")
+            && status(&squad_session).as_deref() == Some("failed")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, (pid, token, mode)) in players.iter().enumerate() {
+        let (_, prof) = get(format!("{base}/player/{pid}/profile"), token).await;
+        let (_, w) = get(format!("{base}/wallet/me"), token).await;
+        let coins = w["balances"]["coins"].as_i64().unwrap_or(0);
+        let xp = prof["xp"].as_u64().unwrap_or(0);
+        if *mode == "duel" {
+            assert_eq!(xp, 50 + if won[i] { 100 } else { 0 }, "player {i}: {prof}");
+            assert_eq!(prof["stats"]["counters"]["matches_played"], 1, "{prof}");
+            assert_eq!(coins, 10 + if won[i] { 25 } else { 0 }, "player {i}: {w}");
+        } else {
+            assert_eq!((xp, coins), (0, 0), "crashed match granted: {prof} {w}");
+        }
+    }
+    assert!(
+        won.iter().filter(|w| **w).count() <= 1,
+        "one duel winner at most"
+    );
+}
+
+/// `dgs.backend = "agones"` through the real binary. No cluster can run
+/// here: the test is the Kubernetes API (a scripted server answering the
+/// `GameServerAllocation` kube-rs sends) and the fleet (for each allocation
+/// it starts the reference game server in-process from the allocation's
+/// `meridian.dev/*` annotations, as an Agones game server would read them).
+/// A duel is allocated, played over UDP and its result applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agones_backend_against_a_scripted_api_server_plays_a_match() {
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+    async fn allocate(
+        axum::extract::State(seen): axum::extract::State<Seen>,
+        uri: axum::http::Uri,
+        axum::Json(mut body): axum::Json<Value>,
+    ) -> (axum::http::StatusCode, axum::Json<Value>) {
+        seen.lock()
+            .unwrap()
+            .push((uri.path().to_string(), body.clone()));
+        let meta = body["spec"]["metadata"].clone();
+        let ann = |k: &str| meta["annotations"][k].as_str().map(str::to_string);
+        let port = free_udp_port();
+        let vars: BTreeMap<&str, Option<String>> = BTreeMap::from([
+            (
+                "MERIDIAN_SESSION_ID",
+                meta["labels"]["meridian.dev/session-id"]
+                    .as_str()
+                    .map(str::to_string),
+            ),
+            ("MERIDIAN_GAME_PORT", Some(port.to_string())),
+            ("MERIDIAN_SDK_URL", ann("meridian.dev/sdk-url")),
+            ("MERIDIAN_SDK_TOKEN", ann("meridian.dev/sdk-token")),
+            ("MERIDIAN_MODE", ann("meridian.dev/mode")),
+            ("MERIDIAN_PLAYERS", ann("meridian.dev/players")),
+        ]);
+        let env =
+            meridian_dgs::refserver::RefServerEnv::from_lookup(|k| vars.get(k).cloned().flatten())
+                .expect("annotations carry the session");
+        let mut opts = meridian_dgs::refserver::RefServerOptions::default();
+        opts.arena.duration_s = 2.0;
+        tokio::spawn(async move {
+            if let Err(e) = meridian_dgs::refserver::run(env, opts).await {
+                eprintln!("reference game server: {e}");
+            }
+        });
+        body["metadata"]["name"] = json!("meridian-abcde");
+        body["status"] = json!({"state": "Allocated", "gameServerName": "arena-fleet-x1",
+            "address": "127.0.0.1", "ports": [{"name": "default", "port": port}],
+            "nodeName": "node-1", "source": "local"});
+        (axum::http::StatusCode::CREATED, axum::Json(body))
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/apis/allocation.agones.dev/v1/namespaces/games/gameserverallocations",
+            axum::routing::post(allocate),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = format!("127.0.0.1:{}", free_port());
+    let node = Node::start(
+        dir.path(),
+        &[
+            ("MERIDIAN_DGS__BACKEND", "agones"),
+            ("MERIDIAN_DGS__AGONES__API_URL", &format!("http://{api}")),
+            ("MERIDIAN_DGS__AGONES__NAMESPACE", "games"),
+            ("MERIDIAN_DGS__AGONES__FLEET", "arena-fleet"),
+            ("MERIDIAN_DGS__AGONES__SDK_BIND", &sdk),
+            (
+                "MERIDIAN_DGS__AGONES__SDK_PUBLIC_URL",
+                &format!("http://{sdk}"),
+            ),
+        ],
+    );
+    let base = node.url();
+    let mut players = Vec::new();
+    for i in 0..2 {
+        let (s, _, b) = call(
+            client()
+                .post(format!("{base}/auth/device"))
+                .json(&json!({"device_id": format!("agones-bot-{i}")})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        let token = b["access_token"].as_str().unwrap().to_string();
+        let (s, _, t) = call(
+            client()
+                .post(format!("{base}/matchmaking/join"))
+                .header("authorization", format!("Bearer {token}"))
+                .json(&json!({"game_mode": "duel", "latencies": {"eu-west": 20.0}})),
+        )
+        .await;
+        assert_eq!(s, 202, "{t}");
+        players.push((
+            b["player_id"].as_str().unwrap().to_string(),
+            token,
+            t["ticket_id"].as_str().unwrap().to_string(),
+        ));
+    }
+    let mut matches = vec![Value::Null; 2];
+    wait_for("both matched", Duration::from_secs(20), async || {
+        for (i, (_, token, ticket)) in players.iter().enumerate() {
+            let (_, b) = get(
+                format!("{base}/matchmaking/status?ticket_id={ticket}"),
+                token,
+            )
+            .await;
+            if b["status"] == "matched" {
+                matches[i] = b["match"].clone();
+            }
+        }
+        matches.iter().all(|m| !m.is_null())
+    })
+    .await;
+    assert_eq!(matches[0]["session_id"], matches[1]["session_id"]);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "one allocation per match");
+        assert_eq!(
+            seen[0].1["spec"]["selectors"][0]["matchLabels"]["agones.dev/fleet"],
+            "arena-fleet"
+        );
+        assert_eq!(
+            seen[0].1["spec"]["metadata"]["labels"]["meridian.dev/session-id"],
+            matches[0]["session_id"]
+        );
+    }
+    let cfg = meridian_dgs::bot::BotConfig {
+        arena: meridian_dgs::arena::ArenaConfig {
+            duration_s: 2.0,
+            ..Default::default()
+        },
+        match_timeout_ms: 20_000,
+        ..Default::default()
+    };
+    let outcomes: Vec<_> = futures::stream::iter(matches.iter())
+        .map(|m| {
+            let cfg = cfg.clone();
+            let addr: std::net::SocketAddr =
+                format!("{}:{}", m["host"].as_str().unwrap(), m["port"])
+                    .parse()
+                    .unwrap();
+            let token =
+                meridian_dgs::token::SessionToken::from_base64(m["token"].as_str().unwrap())
+                    .unwrap();
+            async move { meridian_dgs::bot::run_bot(addr, &token, &cfg).await }
+        })
+        .buffer_unordered(2)
+        .collect()
+        .await;
+    let mut won = [false; 2];
+    for (i, o) in outcomes.into_iter().enumerate() {
+        let o = o.unwrap_or_else(|e| panic!("bot {i}: {e}"));
+        match o.end {
+            meridian_dgs::bot::BotEnd::Ended { winner_team, .. } => {
+                won[i] = winner_team == Some(o.team)
+            }
+            other => panic!("bot {i}: {other:?}"),
+        }
+    }
+    let sid = matches[0]["session_id"].as_str().unwrap().to_string();
+    wait_for("session completed", Duration::from_secs(20), async || {
+        let (_, list) = get(format!("{base}/admin/sessions?limit=10"), ADMIN_TOKEN).await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == sid.as_str() && s["status"] == "completed")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // `won` follows stream completion order, so check the totals: one
+    // match's XP and coins, granted once per player.
+    let (mut xp, mut coins) = (0, 0);
+    for (pid, token, _) in &players {
+        let (_, prof) = get(format!("{base}/player/{pid}/profile"), token).await;
+        assert_eq!(prof["stats"]["counters"]["matches_played"], 1, "{prof}");
+        xp += prof["xp"].as_u64().unwrap();
+        let (_, w) = get(format!("{base}/wallet/me"), token).await;
+        coins += w["balances"]["coins"].as_i64().unwrap();
+    }
+    let winners = won.iter().filter(|w| **w).count() as u64;
+    assert_eq!(xp, 2 * 50 + winners * 100);
+    assert_eq!(coins, 2 * 10 + winners as i64 * 25);
+}

@@ -9,17 +9,23 @@
 //!   capacity, drain) and the embedded backend with a warm pool; exactly one
 //!   [`orchestrator::SessionReport`] per session.
 //! - [`process`]: the Process backend (one executable per match, local SDK HTTP endpoint).
+//! - [`agones`]: the Agones backend (`GameServerAllocation` through kube-rs; the
+//!   process backend's SDK endpoint for results).
+//! - [`refserver`]: the reference external game server the Process backend runs
+//!   (`meridian game-server`).
 //! - [`bot`]: a bot client of the arena game, for tests and load bots.
 //!
 //! Not for: matchmaking, ratings, rewards or HTTP; the node (`meridian`)
 //! owns those and consumes the reports.
 
+pub mod agones;
 pub mod arena;
 pub mod bot;
 pub mod game;
 pub mod orchestrator;
 pub mod process;
 pub mod protocol;
+pub mod refserver;
 pub mod server;
 pub mod token;
 

@@ -156,6 +156,10 @@ pub enum AllocateError {
     /// Process backend: the game-server executable could not be started.
     #[error("could not start the game server: {0}")]
     Spawn(String),
+    /// Agones backend: the cluster refused or failed the allocation
+    /// (contention after retries, API errors, timeouts).
+    #[error("game-server cluster unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A fleet of game servers the node allocates matches on.

@@ -112,6 +112,9 @@ enum Phase {
 struct Session {
     spec: MatchSpec,
     port: u16,
+    /// Not a child of the node (the Agones backend): the session ends at
+    /// its result or shutdown, and its port is not from the range.
+    external: bool,
     credential: String,
     phase: Phase,
     ledger: TokenLedger,
@@ -237,15 +240,18 @@ async fn health_loop(inner: Arc<Inner>) {
 async fn supervise(
     inner: Arc<Inner>,
     session_id: SessionId,
-    mut child: tokio::process::Child,
+    child: Option<tokio::process::Child>,
     kill_rx: oneshot::Receiver<FailureReason>,
 ) {
-    let killed_for = tokio::select! {
-        _ = child.wait() => None,
-        r = kill_rx => {
-            let _ = child.kill().await;
-            r.ok()
-        }
+    let killed_for = match child {
+        Some(mut child) => tokio::select! {
+            _ = child.wait() => None,
+            r = kill_rx => {
+                let _ = child.kill().await;
+                r.ok()
+            }
+        },
+        None => kill_rx.await.ok(),
     };
     let report = {
         let mut fleet = inner.fleet();
@@ -253,7 +259,9 @@ async fn supervise(
             return;
         };
         fleet.by_credential.remove(&s.credential);
-        fleet.ports_used.remove(&s.port);
+        if !s.external {
+            fleet.ports_used.remove(&s.port);
+        }
         let report = match s.result.take() {
             Some(r) => SessionReport::Completed(r),
             None => SessionReport::Failed {
@@ -284,10 +292,100 @@ async fn supervise(
     let _ = inner.reports.send(report).await;
 }
 
-fn random_credential() -> String {
+pub(crate) fn random_credential() -> String {
     let mut b = [0u8; 32];
     aws_lc_rs::rand::fill(&mut b).expect("system RNG failed");
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Records a started session, mints its players' tokens and supervises it
+/// (`child: None` for an external game server).
+fn register(
+    inner: &Arc<Inner>,
+    mut fleet: MutexGuard<'_, Fleet>,
+    spec: MatchSpec,
+    session_id: SessionId,
+    credential: String,
+    (host, port): (String, u16),
+    child: Option<tokio::process::Child>,
+) -> Allocation {
+    let expires = unix_ms_now() + inner.cfg.token_ttl_s * 1000;
+    let tokens = spec
+        .teams
+        .iter()
+        .flatten()
+        .map(|p| (*p, inner.signer.issue(session_id, *p, expires)))
+        .collect();
+    let (kill_tx, kill_rx) = oneshot::channel();
+    fleet.by_credential.insert(credential.clone(), session_id);
+    fleet.sessions.insert(
+        session_id,
+        Session {
+            spec,
+            port,
+            external: child.is_none(),
+            credential,
+            phase: Phase::Starting,
+            ledger: TokenLedger::default(),
+            last_health: Instant::now(),
+            created: Instant::now(),
+            started_unix_ms: unix_ms_now(),
+            result: None,
+            kill: Some(kill_tx),
+        },
+    );
+    drop(fleet);
+    tokio::spawn(supervise(inner.clone(), session_id, child, kill_rx));
+    Allocation {
+        session_id,
+        host,
+        port,
+        tokens,
+        tokens_expire_unix_ms: expires,
+    }
+}
+
+impl ProcessOrchestrator {
+    /// Admission check for an external allocation (state and capacity),
+    /// before the backend asks its cluster for a server.
+    pub(crate) fn check_capacity(&self) -> Result<(), AllocateError> {
+        let fleet = self.inner.fleet();
+        match fleet.state {
+            FleetState::Ready => {}
+            FleetState::Draining => return Err(AllocateError::Draining),
+            FleetState::Shutdown => return Err(AllocateError::Shutdown),
+        }
+        if fleet.sessions.len() >= self.inner.cfg.sessions_max {
+            return Err(AllocateError::NoCapacity {
+                sessions_max: self.inner.cfg.sessions_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a session running on an external game server at
+    /// `host:port` that reaches the SDK with `credential` (the Agones
+    /// backend). It ends at `/sdk/result` or `/sdk/shutdown`, or fails at
+    /// the ready/health/drain deadlines like a process.
+    pub(crate) fn register_external(
+        &self,
+        spec: MatchSpec,
+        session_id: SessionId,
+        credential: String,
+        host: String,
+        port: u16,
+    ) -> Allocation {
+        let fleet = self.inner.fleet();
+        register(
+            &self.inner,
+            fleet,
+            spec,
+            session_id,
+            credential,
+            (host, port),
+            None,
+        )
+    }
 }
 
 impl Orchestrator for ProcessOrchestrator {
@@ -329,40 +427,16 @@ impl Orchestrator for ProcessOrchestrator {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| AllocateError::Spawn(e.to_string()))?;
-        let expires = unix_ms_now() + cfg.token_ttl_s * 1000;
-        let tokens = spec
-            .teams
-            .iter()
-            .flatten()
-            .map(|p| (*p, inner.signer.issue(session_id, *p, expires)))
-            .collect();
-        let (kill_tx, kill_rx) = oneshot::channel();
         fleet.ports_used.insert(port);
-        fleet.by_credential.insert(credential.clone(), session_id);
-        fleet.sessions.insert(
+        Ok(register(
+            inner,
+            fleet,
+            spec,
             session_id,
-            Session {
-                spec,
-                port,
-                credential,
-                phase: Phase::Starting,
-                ledger: TokenLedger::default(),
-                last_health: Instant::now(),
-                created: Instant::now(),
-                started_unix_ms: unix_ms_now(),
-                result: None,
-                kill: Some(kill_tx),
-            },
-        );
-        drop(fleet);
-        tokio::spawn(supervise(inner.clone(), session_id, child, kill_rx));
-        Ok(Allocation {
-            session_id,
-            host: cfg.public_host.clone(),
-            port,
-            tokens,
-            tokens_expire_unix_ms: expires,
-        })
+            credential,
+            (cfg.public_host.clone(), port),
+            Some(child),
+        ))
     }
 
     fn status(&self, session_id: SessionId) -> Option<SessionStatus> {
@@ -646,6 +720,11 @@ async fn sdk_result(
             started_unix_ms: s.started_unix_ms,
             ended_unix_ms: unix_ms_now(),
         });
+        if s.external {
+            // No process to exit: the result ends the session (the reason
+            // is unused when a result is there).
+            s.kill(FailureReason::Crashed);
+        }
         Ok(StatusCode::NO_CONTENT)
     })
 }

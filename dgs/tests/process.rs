@@ -222,3 +222,53 @@ async fn missing_executable_is_a_spawn_error() {
     ));
     assert_eq!(orch.capacity().sessions_running, 0);
 }
+
+/// Process backend: allocation (fork/exec) latency, allocations/s, and
+/// allocate → `/sdk/ready` latency, with the shell-script server (curl).
+/// Run with `--ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn allocation_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 100usize;
+    let (orch, _rx, _) = start(dir.path(), |c| {
+        c.sessions_max = n;
+        c.port_range_end = c.port_range_start + n as u16;
+    })
+    .await;
+    let mut alloc = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let mut ready = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut started = Vec::new();
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let a = orch.allocate(spec("hang")).unwrap();
+        alloc.record(t.elapsed().as_micros() as u64).unwrap();
+        started.push((a.session_id, t));
+    }
+    let spawn_total = t0.elapsed();
+    let mut pending = started;
+    while !pending.is_empty() {
+        pending.retain(|(sid, t)| {
+            if orch.status(*sid) == Some(SessionStatus::Running) {
+                ready.record(t.elapsed().as_micros() as u64).unwrap();
+                false
+            } else {
+                true
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!(
+        "process allocations: n={n} allocate p50={}us p99={}us rate={:.0}/s; allocate->ready p50={}ms p99={}ms",
+        alloc.value_at_quantile(0.5),
+        alloc.value_at_quantile(0.99),
+        n as f64 / spawn_total.as_secs_f64(),
+        ready.value_at_quantile(0.5) / 1000,
+        ready.value_at_quantile(0.99) / 1000,
+    );
+    orch.drain(Duration::ZERO);
+    tokio::time::timeout(Duration::from_secs(30), orch.drained())
+        .await
+        .unwrap();
+}

@@ -44,7 +44,7 @@ pub struct Config {
     pub leaderboards: meridian_replication::leaderboard::LeaderboardConfig,
     /// Game modes, matcher cadence and match rewards.
     pub matchmaking: crate::games::GamesConfig,
-    /// The embedded game-server fleet.
+    /// The game-server fleet: backend (embedded, process), size, arena tunables.
     pub dgs: crate::games::DgsConfig,
 }
 
@@ -444,6 +444,7 @@ impl Config {
                 anyhow::bail!("config: admin_token must be at least 16 characters");
             }
         }
+        self.dgs.validate()?;
         Ok(())
     }
 

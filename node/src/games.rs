@@ -1,6 +1,7 @@
 //! Matches on this node: the matchmaker ([`crate::matchmaking`]) ticks every
 //! `matchmaking.tick_interval_ms`, formed matches are allocated on the
-//! embedded game-server fleet (`meridian_dgs`), players are told over `/ws`
+//! game-server fleet `dgs.backend` selects ([`Fleet`]: embedded tasks or one
+//! external process per match, `meridian_dgs`), players are told over `/ws`
 //! and `/matchmaking/status`, and each session's report is applied once:
 //! ratings, the results leaderboard, XP/stats and coin rewards.
 //!
@@ -58,10 +59,14 @@ impl Default for GamesConfig {
     }
 }
 
-/// The embedded fleet and the reference arena game.
+/// The game-server fleet (`[dgs]`): which backend runs matches, its size,
+/// and the reference arena game's tunables (embedded backend).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DgsConfig {
+    /// `embedded` (matches as tasks in the node), `process` (one executable
+    /// per match, `[dgs.process]`), `agones` (a Kubernetes fleet, `[dgs.agones]`).
+    pub backend: String,
     pub sessions_max: usize,
     pub warm_pool_slots: usize,
     pub token_ttl_s: u64,
@@ -69,18 +74,145 @@ pub struct DgsConfig {
     pub tick_rate_hz: u32,
     /// On SIGTERM, running matches get this long to finish.
     pub drain_deadline_s: u64,
+    /// The Process backend (`backend = "process"`).
+    pub process: ProcessSection,
+    /// The Agones backend (`backend = "agones"`).
+    pub agones: meridian_dgs::agones::AgonesConfig,
 }
 
 impl Default for DgsConfig {
     fn default() -> Self {
         Self {
+            backend: "embedded".into(),
             sessions_max: 256,
             warm_pool_slots: 32,
             token_ttl_s: 120,
             match_duration_s: 60.0,
             tick_rate_hz: 30,
             drain_deadline_s: 30,
+            process: ProcessSection::default(),
+            agones: Default::default(),
         }
+    }
+}
+
+/// Backends `dgs.backend` accepts.
+pub const DGS_BACKENDS: &[&str] = &["embedded", "process", "agones"];
+
+/// `[dgs.process]`: the game-server executable the node spawns per match
+/// (see `meridian_dgs::process` for its environment and SDK).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessSection {
+    /// The executable; required with `backend = "process"`.
+    pub command: Option<std::path::PathBuf>,
+    pub args: Vec<String>,
+    /// The local SDK endpoint (loopback; port 0 = any free port).
+    pub sdk_bind: std::net::SocketAddr,
+    /// UDP game ports handed to processes: `start..end`, end exclusive.
+    pub port_range_start: u16,
+    pub port_range_end: u16,
+    /// A process that has not called `/sdk/ready` by then is killed.
+    pub ready_timeout_ms: u64,
+    /// A ready process silent on `/sdk/health` this long is killed.
+    pub health_timeout_ms: u64,
+}
+
+impl Default for ProcessSection {
+    fn default() -> Self {
+        let d = meridian_dgs::process::ProcessConfig::new("");
+        Self {
+            command: None,
+            args: Vec::new(),
+            sdk_bind: d.sdk_bind,
+            port_range_start: d.port_range_start,
+            port_range_end: d.port_range_end,
+            ready_timeout_ms: d.ready_timeout_ms,
+            health_timeout_ms: d.health_timeout_ms,
+        }
+    }
+}
+
+impl DgsConfig {
+    /// Errors name the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !DGS_BACKENDS.contains(&self.backend.as_str()) {
+            anyhow::bail!(
+                "config: dgs.backend must be one of {} (got {:?})",
+                DGS_BACKENDS.join(", "),
+                self.backend
+            );
+        }
+        if self.sessions_max == 0 {
+            anyhow::bail!("config: dgs.sessions_max must be at least 1");
+        }
+        if self.backend == "agones" {
+            let mut a = self.agones.clone();
+            a.sessions_max = self.sessions_max;
+            a.validate()
+                .map_err(|e| anyhow::anyhow!("config: dgs.agones.{e}"))?;
+        }
+        if self.backend == "process" {
+            let p = &self.process;
+            if p.command.as_ref().is_none_or(|c| c.as_os_str().is_empty()) {
+                anyhow::bail!(
+                    "config: dgs.process.command is required with dgs.backend = \"process\""
+                );
+            }
+            if p.port_range_start == 0 || p.port_range_end <= p.port_range_start {
+                anyhow::bail!(
+                    "config: dgs.process.port_range_start..port_range_end must be a non-empty range of ports"
+                );
+            }
+            if p.ready_timeout_ms == 0 || p.health_timeout_ms == 0 {
+                anyhow::bail!(
+                    "config: dgs.process.ready_timeout_ms and health_timeout_ms must be at least 1"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The node's game-server fleet, whichever backend `dgs.backend` selects.
+#[derive(Clone)]
+pub struct Fleet {
+    backend: &'static str,
+    inner: std::sync::Arc<dyn Orchestrator>,
+    embedded: Option<EmbeddedOrchestrator>,
+}
+
+impl Fleet {
+    /// `embedded`, `process` or `agones`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The node's own UDP game port (embedded backend only).
+    pub fn game_server(&self) -> Option<&meridian_dgs::server::GameServer> {
+        self.embedded.as_ref().map(EmbeddedOrchestrator::server)
+    }
+}
+
+impl Orchestrator for Fleet {
+    fn allocate(
+        &self,
+        spec: MatchSpec,
+    ) -> Result<meridian_dgs::orchestrator::Allocation, meridian_dgs::orchestrator::AllocateError>
+    {
+        self.inner.allocate(spec)
+    }
+    fn status(&self, id: Uuid) -> Option<meridian_dgs::orchestrator::SessionStatus> {
+        self.inner.status(id)
+    }
+    fn capacity(&self) -> meridian_dgs::orchestrator::Capacity {
+        self.inner.capacity()
+    }
+    fn drain(&self, deadline: std::time::Duration) {
+        self.inner.drain(deadline)
+    }
+    fn drained(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.inner.drained()
     }
 }
 
@@ -174,7 +306,7 @@ pub struct Games {
     region: String,
     cfg: GamesConfig,
     mm: Mutex<Matchmaker>,
-    orchestrator: EmbeddedOrchestrator,
+    orchestrator: Fleet,
     assignments: Mutex<HashMap<Uuid, Assignment>>,
     /// ticket → (requester, mode, queued at), for the admin queue view.
     queued: Mutex<BTreeMap<Uuid, Queued>>,
@@ -236,26 +368,83 @@ impl Games {
             region,
         )
         .map_err(|e| anyhow::anyhow!("matchmaking.modes: {e}"))?;
-        let arena = meridian_dgs::arena::ArenaConfig {
-            duration_s: dgs.match_duration_s,
-            tick_rate_hz: dgs.tick_rate_hz,
-            ..Default::default()
+        dgs.validate()?;
+        let signer = meridian_dgs::token::TokenSigner::random();
+        let (orchestrator, reports) = match dgs.backend.as_str() {
+            "process" => {
+                let p = &dgs.process;
+                let mut pcfg = meridian_dgs::process::ProcessConfig::new(
+                    p.command.clone().unwrap_or_default(),
+                );
+                pcfg.args = p.args.clone();
+                pcfg.sdk_bind = p.sdk_bind;
+                pcfg.public_host = public_host.to_string();
+                pcfg.port_range_start = p.port_range_start;
+                pcfg.port_range_end = p.port_range_end;
+                pcfg.sessions_max = dgs.sessions_max;
+                pcfg.token_ttl_s = dgs.token_ttl_s;
+                pcfg.ready_timeout_ms = p.ready_timeout_ms;
+                pcfg.health_timeout_ms = p.health_timeout_ms;
+                let (o, reports) = meridian_dgs::process::ProcessOrchestrator::start(pcfg, signer)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "starting the dgs.process SDK endpoint on {}: {e}",
+                            p.sdk_bind
+                        )
+                    })?;
+                tracing::info!(sdk = %o.sdk_addr(), command = ?p.command, "game servers: process backend");
+                let fleet = Fleet {
+                    backend: "process",
+                    inner: std::sync::Arc::new(o),
+                    embedded: None,
+                };
+                (fleet, reports)
+            }
+            "agones" => {
+                let mut acfg = dgs.agones.clone();
+                acfg.sessions_max = dgs.sessions_max;
+                acfg.token_ttl_s = dgs.token_ttl_s;
+                let (o, reports) = meridian_dgs::agones::AgonesOrchestrator::start(acfg, signer)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("starting the dgs.agones backend: {e}"))?;
+                tracing::info!(sdk = %o.sdk_addr(), fleet = %dgs.agones.fleet, "game servers: agones backend");
+                let fleet = Fleet {
+                    backend: "agones",
+                    inner: std::sync::Arc::new(o),
+                    embedded: None,
+                };
+                (fleet, reports)
+            }
+            _ => {
+                let arena = meridian_dgs::arena::ArenaConfig {
+                    duration_s: dgs.match_duration_s,
+                    tick_rate_hz: dgs.tick_rate_hz,
+                    ..Default::default()
+                };
+                let ecfg = EmbeddedConfig {
+                    bind: game_addr,
+                    public_host: public_host.to_string(),
+                    sessions_max: dgs.sessions_max,
+                    warm_pool_slots: dgs.warm_pool_slots,
+                    token_ttl_s: dgs.token_ttl_s,
+                    ..Default::default()
+                };
+                let (o, reports) = EmbeddedOrchestrator::start(
+                    ecfg,
+                    signer,
+                    meridian_dgs::arena::ArenaGame::factory(arena),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("starting game servers on UDP {game_addr}: {e}"))?;
+                let fleet = Fleet {
+                    backend: "embedded",
+                    inner: std::sync::Arc::new(o.clone()),
+                    embedded: Some(o),
+                };
+                (fleet, reports)
+            }
         };
-        let ecfg = EmbeddedConfig {
-            bind: game_addr,
-            public_host: public_host.to_string(),
-            sessions_max: dgs.sessions_max,
-            warm_pool_slots: dgs.warm_pool_slots,
-            token_ttl_s: dgs.token_ttl_s,
-            ..Default::default()
-        };
-        let (orchestrator, reports) = EmbeddedOrchestrator::start(
-            ecfg,
-            meridian_dgs::token::TokenSigner::random(),
-            meridian_dgs::arena::ArenaGame::factory(arena),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("starting game servers on UDP {game_addr}: {e}"))?;
         let (push, _) = tokio::sync::broadcast::channel(PUSH_QUEUE_MAX);
         Ok((
             Games {
@@ -280,7 +469,7 @@ impl Games {
         &self.cfg
     }
 
-    pub fn orchestrator(&self) -> &EmbeddedOrchestrator {
+    pub fn orchestrator(&self) -> &Fleet {
         &self.orchestrator
     }
 
@@ -611,5 +800,42 @@ impl Games {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dgs(toml: &str) -> anyhow::Result<DgsConfig> {
+        let c: DgsConfig = toml::from_str(toml)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn backend_selection_and_errors_name_the_key() {
+        assert_eq!(dgs("").unwrap().backend, "embedded");
+        let e = dgs("backend = \"kubernetes\"").unwrap_err().to_string();
+        assert!(e.contains("dgs.backend") && e.contains("kubernetes"), "{e}");
+        let e = dgs("backend = \"process\"").unwrap_err().to_string();
+        assert!(e.contains("dgs.process.command"), "{e}");
+        let ok = dgs("backend = \"process\"\n[process]\ncommand = \"/bin/gs\"\nargs = [\"-x\"]")
+            .unwrap();
+        assert_eq!(ok.process.args, vec!["-x".to_string()]);
+        let e = dgs("backend = \"process\"\n[process]\ncommand = \"/bin/gs\"\nport_range_start = 9000\nport_range_end = 9000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dgs.process.port_range_start"), "{e}");
+        let e = dgs("backend = \"agones\"").unwrap_err().to_string();
+        assert!(e.contains("dgs.agones.fleet"), "{e}");
+        let ok = dgs("backend = \"agones\"\n[agones]\nfleet = \"arena\"\nsdk_public_url = \"http://n:39000\"\n[agones.required_labels]\nzone = \"a\"").unwrap();
+        assert_eq!(ok.agones.required_labels["zone"], "a");
+        let e = dgs("backend = \"agones\"\n[agones]\nfleet = \"arena\"\nsdk_public_url = \"http://n:39000\"\nscheduling = \"Random\"").unwrap_err().to_string();
+        assert!(e.contains("dgs.agones.scheduling"), "{e}");
+        let e = dgs("[agones]\nsessions_max = 3").unwrap_err().to_string();
+        assert!(e.contains("sessions_max"), "{e}");
+        let e = dgs("[process]\ncomand = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("comand"), "{e}");
     }
 }

@@ -108,6 +108,14 @@ enum Command {
         #[arg(long, default_value = "regions")]
         regions_dir: PathBuf,
     },
+    /// The reference external game server for `dgs.backend = "process"`
+    /// (reads the MERIDIAN_* environment the node passes; see docs/matchmaking.md).
+    GameServer {
+        /// --duration-s S, --tick-rate-hz N, --join-timeout-ms MS,
+        /// --crash-in-mode MODE, --crash-after-ms MS.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Region catalog tools.
     Regions {
         #[command(subcommand)]
@@ -267,6 +275,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::GameServer { args } => meridian_dgs::refserver::main_with_args(&args),
         Command::Certs { command } => match command {
             CertsCommand::Init { dir } => match meridian_mesh::pki::init_ca(&dir) {
                 Ok(()) => {

@@ -116,7 +116,8 @@ pub async fn readyz(State(state): State<Shared>) -> Result<Json<Health>, ApiErro
 
 pub async fn metrics_text(State(state): State<Shared>) -> impl IntoResponse {
     state.with_mesh(crate::cluster::export_metrics);
-    if let Ok(v) = serde_json::to_value(state.games.orchestrator().server().stats()) {
+    let stats = state.games.orchestrator().game_server().map(|g| g.stats());
+    if let Some(Ok(v)) = stats.map(serde_json::to_value) {
         for (k, v) in v.as_object().into_iter().flatten() {
             if let Some(n) = v.as_u64() {
                 metrics::gauge!("dgs_stat", "counter" => k.clone()).set(n as f64);
@@ -217,6 +218,15 @@ pub async fn regions(State(state): State<Shared>) -> Json<Vec<RegionView>> {
         );
         if let Some(b) = &state.beacon {
             v.beacon = format!("{}:{}", me.public_host, b.local_addr().port());
+        }
+        // ...and the game port it really listens on (embedded backend).
+        if let Some(Ok(a)) = state
+            .games
+            .orchestrator()
+            .game_server()
+            .map(|g| g.local_addr())
+        {
+            v.game_port = a.port();
         }
     }
     Json(views)
