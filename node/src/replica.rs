@@ -844,14 +844,14 @@ async fn economy_manager(weak: Weak<crate::api::AppState>, client: MeshClient) {
         } else if cluster == 0 {
             cluster = adopt_cluster_id(&state, &members).await;
         }
-        if cluster != 0 && advertised != cluster {
-            if client
+        if cluster != 0
+            && advertised != cluster
+            && client
                 .update_metadata(|m| m.economy_cluster = cluster)
                 .await
                 .is_ok()
-            {
-                advertised = cluster;
-            }
+        {
+            advertised = cluster;
         }
         if initialized && cluster != 0 {
             place_led_shards(&state, &members, &me, &down_since, cluster).await;
@@ -1039,54 +1039,6 @@ async fn place_led_shards(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn placement_spreads_regions_and_moves_few_shards() {
-        let three = c(&[("a", "r1"), ("b", "r2"), ("c", "r3")]);
-        for s in 0..16 {
-            assert_eq!(place_voters(s, &three, 3), vec!["a", "b", "c"]);
-        }
-        // Two nodes in one region: one per region first.
-        let same = c(&[("a", "r1"), ("a2", "r1"), ("b", "r2")]);
-        for s in 0..16 {
-            let p = place_voters(s, &same, 2);
-            assert!(p.contains(&"b".to_string()), "{p:?}");
-        }
-        // A fourth region takes a share; every shard still has 3 voters.
-        let four = c(&[("a", "r1"), ("b", "r2"), ("c", "r3"), ("d", "r4")]);
-        let moved = (0..64)
-            .filter(|s| place_voters(*s, &four, 3).contains(&"d".to_string()))
-            .count();
-        assert!((24..=60).contains(&moved), "{moved} of 64 shards took d");
-        assert!((0..64).all(|s| place_voters(s, &four, 3).len() == 3));
-        // Fewer nodes than k: all of them.
-        assert_eq!(place_voters(3, &c(&[("a", "r1")]), 3), vec!["a"]);
-    }
-
-    #[test]
-    fn refresh_merge_detects_reuse_across_regions() {
-        let rec = |spent_in: Option<&str>| RefreshRecord {
-            player_id: "p".into(),
-            family: "f".into(),
-            spent: spent_in.is_some(),
-            expires_at: 0,
-            spent_in: spent_in.map(str::to_string),
-        };
-        assert!(cross_region_reuse(&rec(Some("eu")), &rec(Some("us"))));
-        assert!(!cross_region_reuse(&rec(Some("eu")), &rec(Some("eu"))));
-        assert!(!cross_region_reuse(&rec(None), &rec(Some("us"))));
-    }
-}
-
 /// Drain the economy's part of this node before it leaves: advertise
 /// `draining` (shard leaders, this one included, move its voter seats to
 /// other nodes) and wait until no live peer counts it as a voter, at most
@@ -1143,5 +1095,53 @@ pub async fn hand_off_voters(state: &Shared, within: Duration) -> bool {
             return done(false);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn placement_spreads_regions_and_moves_few_shards() {
+        let three = c(&[("a", "r1"), ("b", "r2"), ("c", "r3")]);
+        for s in 0..16 {
+            assert_eq!(place_voters(s, &three, 3), vec!["a", "b", "c"]);
+        }
+        // Two nodes in one region: one per region first.
+        let same = c(&[("a", "r1"), ("a2", "r1"), ("b", "r2")]);
+        for s in 0..16 {
+            let p = place_voters(s, &same, 2);
+            assert!(p.contains(&"b".to_string()), "{p:?}");
+        }
+        // A fourth region takes a share; every shard still has 3 voters.
+        let four = c(&[("a", "r1"), ("b", "r2"), ("c", "r3"), ("d", "r4")]);
+        let moved = (0..64)
+            .filter(|s| place_voters(*s, &four, 3).contains(&"d".to_string()))
+            .count();
+        assert!((24..=60).contains(&moved), "{moved} of 64 shards took d");
+        assert!((0..64).all(|s| place_voters(s, &four, 3).len() == 3));
+        // Fewer nodes than k: all of them.
+        assert_eq!(place_voters(3, &c(&[("a", "r1")]), 3), vec!["a"]);
+    }
+
+    #[test]
+    fn refresh_merge_detects_reuse_across_regions() {
+        let rec = |spent_in: Option<&str>| RefreshRecord {
+            player_id: "p".into(),
+            family: "f".into(),
+            spent: spent_in.is_some(),
+            expires_at: 0,
+            spent_in: spent_in.map(str::to_string),
+        };
+        assert!(cross_region_reuse(&rec(Some("eu")), &rec(Some("us"))));
+        assert!(!cross_region_reuse(&rec(Some("eu")), &rec(Some("eu"))));
+        assert!(!cross_region_reuse(&rec(None), &rec(Some("us"))));
     }
 }
