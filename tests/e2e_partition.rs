@@ -8,6 +8,7 @@
 //! `.ci/run`), where that is a failure.
 
 mod common;
+use common::bank::{wait_no_holds, Bank};
 use common::*;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -583,5 +584,115 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
     assert_eq!(again["replayed"], true, "{again}");
     assert_eq!(again["balances"]["coins"].as_i64(), after);
     assert!(after < coins, "the retried purchase charged");
+    drop(nodes);
+}
+
+/// The Jepsen-style bank workload through a real partition and then a
+/// `kill -9` of a shard leader: transfers go to every region (the cut-off
+/// one answers 503 or nothing, and clients retry elsewhere with the same
+/// idempotency key). Afterwards money is conserved, no balance is negative,
+/// and every acknowledged transfer is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_workload_through_a_partition_and_a_leader_kill_9() {
+    const WORKERS: usize = 4;
+    const PER_WORKER: usize = 40;
+    let net = match Net::setup(2) {
+        Ok(n) => n,
+        Err(e) => return require_netns(e, "bank_workload_through_a_partition_and_a_leader_kill_9"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let regions = ["eu-west", "us-east", "ap-south"];
+    let seeds = format!(
+        "[{}]",
+        (0..3)
+            .map(|i| format!("\"{}:7946\"", net.ip(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut nodes = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        let ip = net.ip(i);
+        let name = format!("node-{i}");
+        nodes.push(Node::start_at(
+            &dir.path().join(&name),
+            &[
+                ("MERIDIAN_REGION", region),
+                ("MERIDIAN_NODE_NAME", &name),
+                ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
+                ("MERIDIAN_MESH__SEEDS", &seeds),
+                ("MERIDIAN_MESH_ADDR", &format!("{ip}:7946")),
+                ("MERIDIAN_BEACON_ADDR", &format!("{ip}:7778")),
+                ("MERIDIAN_GAME_ADDR", &format!("{ip}:7779")),
+                ("MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT", "3"),
+            ],
+            format!("{ip}:7700").parse().unwrap(),
+            vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)],
+        ));
+    }
+    wait_for("economy with 3 voters per shard", HEAL_WITHIN, async || {
+        economy_formed(&nodes[0]).await && economy_formed(&nodes[2]).await
+    })
+    .await;
+    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+    let bank = Bank::open(&urls, 6, 1_000).await;
+    let leader_of = async |n: &Node| -> Option<usize> {
+        let sh = common::bank::shards(&n.url()).await?;
+        let s = sh.first()?;
+        let l = s["leader"].as_u64()?;
+        let i = s["voters"]
+            .as_array()?
+            .iter()
+            .position(|v| v.as_u64() == Some(l))?;
+        let name = s["voter_names"].as_array()?.get(i)?.as_str()?.to_string();
+        name.strip_prefix("node-")?.parse().ok()
+    };
+    let first_leader = leader_of(&nodes[0]).await.expect("a leader");
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = || done.load(std::sync::atomic::Ordering::Relaxed);
+    let tasks = bank.run(&urls, WORKERS, PER_WORKER, done.clone());
+    // Cut the leader of shard 0 off, let the majority elect and carry on.
+    wait_for(
+        "a quarter of the transfers",
+        Duration::from_secs(60),
+        async || count() >= WORKERS * PER_WORKER / 4,
+    )
+    .await;
+    net.isolate(first_leader).expect("nft partition");
+    eprintln!("isolated node-{first_leader} (leader of shard 0)");
+    let at = count();
+    wait_for(
+        "transfers continue on the majority",
+        Duration::from_secs(60),
+        async || count() >= at + WORKERS * PER_WORKER / 4,
+    )
+    .await;
+    net.heal(first_leader).expect("nft heal");
+    // Then kill -9 whoever leads shard 0 now, and bring it back.
+    let majority = (first_leader + 1) % 3;
+    let mut victim = None;
+    wait_for("a leader after the heal", HEAL_WITHIN, async || {
+        victim = leader_of(&nodes[majority]).await;
+        victim.is_some()
+    })
+    .await;
+    let victim = victim.unwrap();
+    nodes[victim].kill9();
+    eprintln!("killed node-{victim} (leader of shard 0)");
+    let acked = bank.finish(tasks, &urls).await;
+    assert!(
+        acked.len() >= WORKERS * PER_WORKER / 2,
+        "too few acknowledged: {}",
+        acked.len()
+    );
+    nodes[victim].spawn();
+    wait_for("the killed node back", HEAL_WITHIN, async || {
+        economy_formed(&nodes[victim]).await
+    })
+    .await;
+    let t = wait_no_holds(&urls, HEAL_WITHIN).await;
+    eprintln!("holds resolved {t:?} after the workload");
+    bank.check(&urls, &acked).await;
     drop(nodes);
 }

@@ -6,9 +6,9 @@
 //! acknowledged transfer applied exactly once.
 
 mod common;
+use common::bank::{wait_no_holds, Bank};
 use common::*;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -49,14 +49,7 @@ fn start_three(dir: &Path) -> Vec<Node> {
 }
 
 async fn shards(n: &Node) -> Option<Vec<Value>> {
-    let resp = client()
-        .get(format!("{}/admin/shards", n.url()))
-        .header("authorization", bearer(ADMIN_TOKEN))
-        .send()
-        .await
-        .ok()?;
-    let v: Value = resp.json().await.ok()?;
-    v["shards"].as_array().cloned()
+    common::bank::shards(&n.url()).await
 }
 
 /// Every shard has the three regions as voters and a leader among them.
@@ -206,48 +199,48 @@ async fn a_player_registered_in_one_region_plays_and_pays_in_every_region() {
     }
 
     // Money anywhere: grant in C, buy in B, the same wallet in A.
-    let (s, _, body) = call(
+    let (s, _, body) = call_retrying(|| {
         client()
             .post(format!("{}/economy/grant", c.url()))
             .header("authorization", bearer(SERVER_TOKEN))
             .json(&json!({"player_id": me, "currency": "coins", "amount": 100,
-                           "reason": "welcome", "idempotency_key": "welcome-1"})),
-    )
+                           "reason": "welcome", "idempotency_key": "welcome-1"}))
+    })
     .await;
     assert_eq!(s, 200, "{body}");
-    let (s, _, body) = call(
+    let (s, _, body) = call_retrying(|| {
         client()
             .post(format!("{}/store/purchase", b.url()))
             .header("authorization", bearer(&token_a))
             .json(
                 &json!({"item_id": "potion", "quantity": 2, "currency": "coins",
                            "idempotency_key": "buy-1"}),
-            ),
-    )
+            )
+    })
     .await;
     assert_eq!(s, 200, "{body}");
     let coins = body["balances"]["coins"].as_i64().unwrap();
     assert!(coins < 100, "{body}");
     for n in &nodes {
-        let (s, _, w) = call(
+        let (s, _, w) = call_retrying(|| {
             client()
                 .get(format!("{}/wallet/me", n.url()))
-                .header("authorization", bearer(&token_a)),
-        )
+                .header("authorization", bearer(&token_a))
+        })
         .await;
         assert_eq!(s, 200, "{w}");
         assert_eq!(w["balances"]["coins"].as_i64(), Some(coins), "{w}");
     }
     // The same purchase retried in another region replays, charging once.
-    let (s, _, body) = call(
+    let (s, _, body) = call_retrying(|| {
         client()
             .post(format!("{}/store/purchase", c.url()))
             .header("authorization", bearer(&token_a))
             .json(
                 &json!({"item_id": "potion", "quantity": 2, "currency": "coins",
                            "idempotency_key": "buy-1"}),
-            ),
-    )
+            )
+    })
     .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["replayed"], true, "{body}");
@@ -308,91 +301,10 @@ async fn a_player_registered_in_one_region_plays_and_pays_in_every_region() {
     .await;
 }
 
-/// One acknowledged transfer.
-#[derive(Debug, Clone)]
-struct Acked {
-    from: usize,
-    tx: String,
-}
-
-/// POST a transfer through the given node order, retrying the same key on
-/// 503 and connection errors. Returns the receipt's transaction id, or None
-/// when every attempt failed (outcome unknown; resolved at the end).
-async fn transfer(
-    urls: &[String],
-    token: &str,
-    to: &str,
-    amount: i64,
-    key: &str,
-    attempts: usize,
-) -> Result<Option<String>, String> {
-    let http = client();
-    for i in 0..attempts {
-        let url = &urls[i % urls.len()];
-        let resp = http
-            .post(format!("{url}/economy/transfer"))
-            .header("authorization", bearer(token))
-            .json(
-                &json!({"to_player_id": to, "currency": "coins", "amount": amount,
-                           "idempotency_key": key}),
-            )
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await;
-        // A connection error (a dead region) is retried on the next one.
-        if let Ok(r) = resp {
-            let s = r.status().as_u16();
-            let b: Value = r.json().await.unwrap_or(Value::Null);
-            match s {
-                200 => return Ok(Some(b["transaction_id"].as_str().unwrap().to_string())),
-                // Not enough money: a deterministic refusal, not an ack.
-                422 => return Ok(None),
-                503 => {}
-                _ => return Err(format!("transfer {key}: {s} {b}")),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(None)
-}
-
-/// GET with retries while the economy answers 503 (a client's behaviour
-/// during an election).
-async fn get_retrying(url: &str, token: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, _, b) = call(client().get(url).header("authorization", bearer(token))).await;
-        if s == 200 {
-            return b;
-        }
-        assert!(s == 503 && Instant::now() < deadline, "GET {url}: {s} {b}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn all_transactions(base: &str, token: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/transactions/me?limit=100");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let b = get_retrying(&url, token).await;
-        out.extend(b["transactions"].as_array().cloned().unwrap_or_default());
-        match b["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return out,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_workload_survives_a_leader_kill_9() {
-    const PLAYERS: usize = 6;
-    const START: i64 = 1_000;
-    const PER_WORKER: usize = 50;
     const WORKERS: usize = 4;
+    const PER_WORKER: usize = 50;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_three(dir.path());
     wait_for("economy cluster", CLUSTER_WITHIN, async || {
@@ -400,74 +312,14 @@ async fn bank_workload_survives_a_leader_kill_9() {
     })
     .await;
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
-
-    // Players registered in different regions, each granted START coins.
-    let mut players = Vec::new();
-    for i in 0..PLAYERS {
-        let r = register(&urls[i % 3], &format!("bank{i}"), "correct horse battery").await;
-        players.push((
-            r["player_id"].as_str().unwrap().to_string(),
-            r["access_token"].as_str().unwrap().to_string(),
-        ));
-    }
-    for (i, (id, _)) in players.iter().enumerate() {
-        let (s, _, b) = call(
-            client()
-                .post(format!("{}/economy/grant", urls[i % 3]))
-                .header("authorization", bearer(SERVER_TOKEN))
-                .json(
-                    &json!({"player_id": id, "currency": "coins", "amount": START,
-                               "reason": "bank", "idempotency_key": format!("seed-{i}")}),
-                ),
-        )
-        .await;
-        assert_eq!(s, 200, "{b}");
-    }
-
+    let bank = Bank::open(&urls, 6, 1_000).await;
     let leader = leader_of_shard0(&nodes[0]).await.expect("a leader");
     let victim = NAMES.iter().position(|n| *n == leader).unwrap();
-    eprintln!("leader of shard 0: {leader}; it will be killed");
 
-    // Workers: random transfers through every region; the leader dies mid-way.
-    let players = std::sync::Arc::new(players);
+    // Random transfers through every region; the leader dies mid-way.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..WORKERS {
-        let players = players.clone();
-        let all = urls.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut acked: Vec<Acked> = Vec::new();
-            let mut unknown: Vec<(usize, usize, i64, String)> = Vec::new();
-            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
-            let mut next = || {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed
-            };
-            for k in 0..PER_WORKER {
-                let from = (next() % PLAYERS as u64) as usize;
-                let to = (from + 1 + (next() % (PLAYERS as u64 - 1)) as usize) % PLAYERS;
-                let amount = 1 + (next() % 40) as i64;
-                let key = format!("w{w}-{k}");
-                // Every region, starting at a random one; a dead one is skipped
-                // on the retry.
-                let mut order = all.clone();
-                let len = order.len() as u64;
-                order.rotate_left((next() % len) as usize);
-                match transfer(&order, &players[from].1, &players[to].0, amount, &key, 40).await {
-                    Ok(Some(tx)) => acked.push(Acked { from, tx }),
-                    Ok(None) => unknown.push((from, to, amount, key)),
-                    Err(e) => panic!("{e}"),
-                }
-                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            (acked, unknown)
-        }));
-    }
-    // Kill the leader once about a third of the work is done.
+    let tasks = bank.run(&urls, WORKERS, PER_WORKER, done.clone());
     wait_for(
         "a third of the transfers",
         Duration::from_secs(60),
@@ -475,26 +327,13 @@ async fn bank_workload_survives_a_leader_kill_9() {
     )
     .await;
     nodes[victim].kill9();
-    eprintln!("killed {leader} after {:?}", started.elapsed());
-    let mut acked = Vec::new();
-    let mut unknown = Vec::new();
-    for t in tasks {
-        let (a, u) = t.await.unwrap();
-        acked.extend(a);
-        unknown.extend(u);
-    }
-    eprintln!(
-        "{} transfers acknowledged, {} refused or unknown, in {:?}",
-        acked.len(),
-        unknown.len(),
-        started.elapsed()
-    );
+    eprintln!("killed the leader {leader} after {:?}", started.elapsed());
+    let acked = bank.finish(tasks, &urls).await;
     assert!(
         acked.len() >= WORKERS * PER_WORKER / 2,
         "too few acknowledged: {}",
         acked.len()
     );
-
     // The killed node comes back from its store and catches up.
     nodes[victim].spawn();
     wait_for(
@@ -503,78 +342,9 @@ async fn bank_workload_survives_a_leader_kill_9() {
         async || cluster_formed(&nodes[victim]).await,
     )
     .await;
-    // Unknown outcomes: retrying the same key resolves them (applied once).
-    for (from, to, amount, key) in &unknown {
-        if let Some(tx) = transfer(&urls, &players[*from].1, &players[*to].0, *amount, key, 40)
-            .await
-            .unwrap()
-        {
-            acked.push(Acked { from: *from, tx });
-        }
-    }
-
-    // Transfers cut mid-way by the kill leave holds (money in transit);
-    // the shard leaders' recovery resolves them (commit or abort).
-    let t = wait_for("no open transfer holds", CLUSTER_WITHIN, async || {
-        for n in &nodes {
-            let Some(sh) = shards(n).await else {
-                return false;
-            };
-            if sh.iter().any(|s| s["open_holds"].as_u64() != Some(0)) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    let t = wait_no_holds(&urls, CLUSTER_WITHIN).await;
     eprintln!("holds resolved {t:?} after the workload");
-    // Invariants, read through every region.
-    for url in &urls {
-        let mut total = 0;
-        for (id, token) in players.iter() {
-            let w = get_retrying(&format!("{url}/wallet/me"), token).await;
-            assert!(w["balances"].is_object(), "wallet of {id} via {url}: {w}");
-            let coins = w["balances"]["coins"].as_i64().unwrap_or(0);
-            assert!(coins >= 0, "negative balance {coins} for {id}");
-            total += coins;
-        }
-        assert_eq!(
-            total,
-            START * PLAYERS as i64,
-            "money not conserved (via {url})"
-        );
-    }
-    let mut history: HashMap<usize, Vec<Value>> = HashMap::new();
-    for (i, (_, token)) in players.iter().enumerate() {
-        history.insert(i, all_transactions(&urls[i % 3], token).await);
-    }
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for a in &acked {
-        let n = history[&a.from]
-            .iter()
-            .filter(|t| t["id"] == a.tx.as_str())
-            .count();
-        assert_eq!(n, 1, "acknowledged transfer {} present {n} times", a.tx);
-        *seen.entry(a.tx.as_str()).or_default() += 1;
-    }
-    assert!(
-        seen.values().all(|n| *n == 1),
-        "one transaction id acknowledged twice"
-    );
-    // Each player's ledger explains its balance.
-    for (i, (_, token)) in players.iter().enumerate() {
-        let sum: i64 = history[&i]
-            .iter()
-            .filter(|t| t["currency_type"] == "coins" && t["status"] == "completed")
-            .map(|t| t["amount"].as_i64().unwrap_or(0))
-            .sum();
-        let w = get_retrying(&format!("{}/wallet/me", urls[0]), token).await;
-        assert_eq!(
-            w["balances"]["coins"].as_i64().unwrap_or(0),
-            sum,
-            "ledger of player {i}"
-        );
-    }
+    bank.check(&urls, &acked).await;
 }
 
 /// `meridian drain` takes a region out of service without stopping it: its
@@ -637,23 +407,23 @@ async fn drain_moves_voter_seats_away_and_keeps_money_flowing() {
         );
     }
     // Money keeps flowing on the two remaining regions.
-    let (s, _, b) = call(
+    let (s, _, b) = call_retrying(|| {
         client()
             .post(format!("{}/economy/grant", nodes[1].url()))
             .header("authorization", bearer(SERVER_TOKEN))
             .json(&json!({"player_id": me, "currency": "coins", "amount": 5,
-                           "reason": "after drain", "idempotency_key": "d-1"})),
-    )
+                           "reason": "after drain", "idempotency_key": "d-1"}))
+    })
     .await;
     assert_eq!(s, 200, "{b}");
     let t = Instant::now();
     assert_eq!(nodes[2].terminate(), Some(0));
     eprintln!("drained node stopped {:?} after SIGTERM", t.elapsed());
-    let (s, _, w) = call(
+    let (s, _, w) = call_retrying(|| {
         client()
             .get(format!("{}/wallet/me", nodes[0].url()))
-            .header("authorization", bearer(&token)),
-    )
+            .header("authorization", bearer(&token))
+    })
     .await;
     assert_eq!(s, 200, "{w}");
     assert_eq!(w["balances"]["coins"], 5);
@@ -769,9 +539,7 @@ async fn malformed_and_oversized_replication_is_refused_and_counted() {
     // Its requests to the node: malformed Raft RPCs, pulls and pokes.
     let client = mesh.client();
     for service in ["raft", "sync.pull"] {
-        let r = client
-            .rpc("eu-west", service, b"\x09\xff")
-            .await;
+        let r = client.rpc("eu-west", service, b"\x09\xff").await;
         assert!(r.is_err(), "{service} accepted garbage");
     }
     let r = client

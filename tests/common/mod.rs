@@ -2,6 +2,8 @@
 //! its own data dir, and talk to it over HTTP.
 #![allow(dead_code)]
 
+pub mod bank;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -286,4 +288,20 @@ pub async fn wait_for(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{what}: not within {within:?}");
+}
+
+/// Send a request built by `make`, again while it answers 503 (a retryable
+/// "no quorum / no leader yet", e.g. right after an election) for at most
+/// 20 s, as a client would. Returns the first other answer.
+pub async fn call_retrying(
+    make: impl Fn() -> reqwest::RequestBuilder,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call(make()).await;
+        if r.0 != 503 || Instant::now() >= deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
