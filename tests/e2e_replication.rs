@@ -26,6 +26,10 @@ fn bearer(t: &str) -> String {
 /// Three regions, each seeding the ones started before it; the economy is
 /// founded once all three see each other.
 fn start_three(dir: &Path) -> Vec<Node> {
+    start_three_with(dir, &[])
+}
+
+fn start_three_with(dir: &Path, extra: &[(&str, &str)]) -> Vec<Node> {
     let ca = dir.join("ca");
     let mut nodes: Vec<Node> = Vec::new();
     for name in NAMES {
@@ -34,16 +38,15 @@ fn start_three(dir: &Path) -> Vec<Node> {
             .map(|n| format!("\"{}\"", n.env("MERIDIAN_MESH_ADDR").unwrap()))
             .collect();
         let seeds = format!("[{}]", seeds.join(","));
-        nodes.push(Node::start(
-            &dir.join(name),
-            &[
-                ("MERIDIAN_REGION", name),
-                ("MERIDIAN_NODE_NAME", name),
-                ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
-                ("MERIDIAN_MESH__SEEDS", &seeds),
-                ("MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT", "3"),
-            ],
-        ));
+        let mut env = vec![
+            ("MERIDIAN_REGION", name),
+            ("MERIDIAN_NODE_NAME", name),
+            ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
+            ("MERIDIAN_MESH__SEEDS", &seeds),
+            ("MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT", "3"),
+        ];
+        env.extend_from_slice(extra);
+        nodes.push(Node::start(&dir.join(name), &env));
     }
     nodes
 }
@@ -573,4 +576,80 @@ async fn malformed_and_oversized_replication_is_refused_and_counted() {
 
 fn client_http() -> reqwest::Client {
     client()
+}
+
+/// A shard's leadership follows its writes: when most of them come in at
+/// another region, the leader hands the shard over to that region's voter
+/// (no write is lost; writes elsewhere are forwarded to the new leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_leadership_moves_to_the_region_where_writes_come_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_three_with(
+        dir.path(),
+        &[
+            ("MERIDIAN_ECONOMY__LEADER_BALANCE_INTERVAL_S", "2"),
+            ("MERIDIAN_ECONOMY__LEADER_BALANCE_MIN_WRITES", "20"),
+        ],
+    );
+    wait_for("economy cluster", CLUSTER_WITHIN, async || {
+        cluster_formed(&nodes[0]).await
+    })
+    .await;
+    let reg = register(&nodes[0].url(), "faraway", "correct horse battery").await;
+    let me = reg["player_id"].as_str().unwrap().to_string();
+    // Which shard holds this player, and who leads it.
+    let leader_of_player = async |n: &Node| -> Option<String> {
+        let sh = shards(n).await?;
+        let s = sh.iter().find(|s| s["shard"].as_u64() == Some(shard_of_player(&me)))?;
+        let l = s["leader"].as_u64()?;
+        let i = s["voters"].as_array()?.iter().position(|v| v.as_u64() == Some(l))?;
+        s["voter_names"].as_array()?.get(i)?.as_str().map(str::to_string)
+    };
+    let before = leader_of_player(&nodes[0]).await.expect("a leader");
+    // All writes come in at a region that does not lead the shard.
+    let home = NAMES.iter().position(|n| *n != before).unwrap();
+    let token = reg["access_token"].as_str().unwrap().to_string();
+    wait_for("the account in the writes' region", VISIBLE_WITHIN, async || {
+        let (s, _, _) = call(
+            client()
+                .get(format!("{}/player/me", nodes[home].url()))
+                .header("authorization", bearer(&token)),
+        )
+        .await;
+        s == 200
+    })
+    .await;
+    let mut k = 0;
+    let t = std::time::Instant::now();
+    wait_for("leadership moved to the writes' region", Duration::from_secs(40), async || {
+        for _ in 0..10 {
+            k += 1;
+            let (s, _, b) = call_retrying(|| {
+                client()
+                    .post(format!("{}/economy/grant", nodes[home].url()))
+                    .header("authorization", bearer(SERVER_TOKEN))
+                    .json(&json!({"player_id": me, "currency": "coins", "amount": 1,
+                                   "reason": "home", "idempotency_key": format!("h-{k}")}))
+            })
+            .await;
+            assert_eq!(s, 200, "{b}");
+        }
+        leader_of_player(&nodes[0]).await.as_deref() == Some(NAMES[home])
+    })
+    .await;
+    eprintln!("leadership moved from {before} to {} after {:?}", NAMES[home], t.elapsed());
+    let (s, _, w) = call_retrying(|| {
+        client()
+            .get(format!("{}/wallet/me", nodes[home].url()))
+            .header("authorization", bearer(&token))
+    })
+    .await;
+    assert_eq!(s, 200, "{w}");
+    assert_eq!(w["balances"]["coins"].as_i64(), Some(k), "a write was lost");
+}
+
+/// The shard of a player (SHA-256 of the id, first 8 bytes, mod 16), as
+/// `replication::economy::shard_of` computes it.
+fn shard_of_player(id: &str) -> u64 {
+    meridian_replication::economy::shard_of(id, SHARDS as u16) as u64
 }

@@ -107,6 +107,15 @@ pub struct EconomySection {
     /// On shutdown, how long the node waits for its voter seats to move to
     /// other nodes before it leaves anyway.
     pub handoff_timeout_s: u64,
+    /// A shard leader hands the leadership to the voter where most of the
+    /// shard's writes come in (its players' home region), checked every
+    /// `leader_balance_interval_s` over the writes since the last check.
+    pub leader_follows_writes: bool,
+    pub leader_balance_interval_s: u64,
+    /// ...when at least this many writes came in...
+    pub leader_balance_min_writes: u64,
+    /// ...and that voter brought at least this share of them.
+    pub leader_balance_share: f64,
 }
 
 impl Default for EconomySection {
@@ -121,6 +130,10 @@ impl Default for EconomySection {
             voter_down_timeout_s: 600,
             placement_interval_ms: 1_000,
             handoff_timeout_s: 30,
+            leader_follows_writes: true,
+            leader_balance_interval_s: 10,
+            leader_balance_min_writes: 50,
+            leader_balance_share: 0.6,
         }
     }
 }

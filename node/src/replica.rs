@@ -82,6 +82,7 @@ pub struct ReplicaStats {
     pub bytes_out: AtomicU64,
     pub pokes_sent: AtomicU64,
     pub voter_changes: AtomicU64,
+    pub leader_moves: AtomicU64,
 }
 
 /// The replication side of a node (lives in `AppState`).
@@ -353,6 +354,7 @@ pub fn view(state: &Shared) -> Result<serde_json::Value, StoreError> {
         "bytes_out": get(&st.bytes_out),
         "pokes_sent": get(&st.pokes_sent),
         "voter_changes": get(&st.voter_changes),
+        "leader_moves": get(&st.leader_moves),
     }))
 }
 
@@ -824,6 +826,7 @@ pub fn place_voters(shard: u16, candidates: &[(String, String)], k: usize) -> Ve
 async fn economy_manager(weak: Weak<crate::api::AppState>, client: MeshClient) {
     let mut down_since: HashMap<String, Instant> = HashMap::new();
     let mut advertised = 0u64;
+    let mut last_balance = Instant::now();
     loop {
         let Some(state) = weak.upgrade() else { return };
         let period = Duration::from_millis(state.cfg.economy.placement_interval_ms.max(50));
@@ -855,6 +858,40 @@ async fn economy_manager(weak: Weak<crate::api::AppState>, client: MeshClient) {
         }
         if initialized && cluster != 0 {
             place_led_shards(&state, &members, &me, &down_since, cluster).await;
+            let ecfg = &state.cfg.economy;
+            if last_balance.elapsed() >= Duration::from_secs(ecfg.leader_balance_interval_s.max(1))
+            {
+                last_balance = Instant::now();
+                if ecfg.leader_follows_writes && !state.is_draining() {
+                    let moves = state.economy.leadership_moves(
+                        ecfg.leader_balance_min_writes,
+                        ecfg.leader_balance_share,
+                    );
+                    for (shard, to) in moves {
+                        match state
+                            .economy
+                            .hand_over(shard, to, Duration::from_secs(5))
+                            .await
+                        {
+                            Ok(()) => {
+                                state
+                                    .replica
+                                    .stats
+                                    .leader_moves
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(
+                                    shard,
+                                    to,
+                                    "economy leadership moved to where the writes come in"
+                                );
+                            }
+                            Err(e) => {
+                                tracing::info!(shard, to, error = %e, "economy leadership hand-over")
+                            }
+                        }
+                    }
+                }
+            }
         }
         drop(state);
         tokio::time::sleep(period).await;

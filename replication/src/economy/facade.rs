@@ -26,6 +26,8 @@ use crate::store::{Batch, Storage};
 pub const SHARDS_MAX: u16 = 99;
 /// Default number of shards.
 pub const SHARDS_DEFAULT: u16 = 16;
+/// Longest wait a hand-over RPC may ask for (campaign delay, election hold).
+pub const HANDOVER_DELAY_MAX_MS: u64 = 10_000;
 /// Longest directory name (an email address is at most 320 bytes).
 pub const DIRECTORY_NAME_BYTES_MAX: usize = 320;
 /// Most transactions returned by one [`Economy::transactions`] call.
@@ -162,6 +164,17 @@ struct Shard {
     raft: Raft<EconTypeConfig>,
     state: SharedState,
     in_flight: tokio::sync::Semaphore,
+    /// Set while this leader hands the shard over: writes get a fast 503.
+    handing_off: std::sync::atomic::AtomicBool,
+    /// Writes committed while this node led, by the node they came in at.
+    origins: std::sync::Mutex<BTreeMap<NodeId, u64>>,
+}
+
+/// A forwarded write: the node it came in at, and the request.
+#[derive(Serialize, Deserialize)]
+struct Forwarded {
+    origin: NodeId,
+    req: Request,
 }
 
 struct Inner {
@@ -344,6 +357,8 @@ impl Economy {
                 raft,
                 state,
                 in_flight: tokio::sync::Semaphore::new(cfg.writes_in_flight_per_shard_max.max(1)),
+                handing_off: Default::default(),
+                origins: Default::default(),
             });
         }
         let inner = Arc::new(Inner {
@@ -460,6 +475,12 @@ impl Economy {
         let me = self.inner.cfg.node_id;
         let max_age = self.inner.cfg.quorum_ack_max_age_ms;
         let bound = Duration::from_millis(self.inner.cfg.leader_wait_ms);
+        if sh.handing_off.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(EconomyError::unavailable(format!(
+                "shard {}: leadership is moving; retry",
+                sh.id
+            )));
+        }
         let quorum_ok = move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
             m.membership_config.membership().voter_ids().count() <= 1
                 || m.millis_since_quorum_ack.is_some_and(|a| a <= max_age)
@@ -532,9 +553,13 @@ impl Economy {
             cmd,
         };
         match self.lead(sh).await? {
-            Leadership::Local => self.commit_local(sh, req).await,
+            Leadership::Local => self.commit_local(sh, req, self.inner.cfg.node_id).await,
             Leadership::Remote(leader) => {
-                let payload = postcard::to_allocvec(&req)
+                let fwd = Forwarded {
+                    origin: self.inner.cfg.node_id,
+                    req,
+                };
+                let payload = postcard::to_allocvec(&fwd)
                     .map_err(|e| EconomyError::Storage(format!("encode forward: {e}")))?;
                 let bytes = self
                     .forward(sh, leader, RaftRpcKind::ClientWrite, payload)
@@ -547,7 +572,17 @@ impl Economy {
     }
 
     /// Commit a request on a shard this node leads.
-    async fn commit_local(&self, sh: &Shard, req: Request) -> Result<Receipt, EconomyError> {
+    async fn commit_local(
+        &self,
+        sh: &Shard,
+        req: Request,
+        origin: NodeId,
+    ) -> Result<Receipt, EconomyError> {
+        *sh.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(origin)
+            .or_default() += 1;
         let _permit = sh.in_flight.try_acquire().map_err(|_| {
             EconomyError::unavailable(format!(
                 "shard {}: more than {} writes in flight",
@@ -1077,9 +1112,10 @@ impl Economy {
         }
         match rpc.kind {
             RaftRpcKind::ClientWrite => {
-                let req: Request = postcard::from_bytes(&rpc.payload).map_err(|e| e.to_string())?;
+                let fwd: Forwarded =
+                    postcard::from_bytes(&rpc.payload).map_err(|e| e.to_string())?;
                 let res = match self.lead(sh).await {
-                    Ok(Leadership::Local) => self.commit_local(sh, req).await,
+                    Ok(Leadership::Local) => self.commit_local(sh, fwd.req, fwd.origin).await,
                     Ok(Leadership::Remote(l)) => Err(EconomyError::unavailable(format!(
                         "shard {}: leadership moved to node {l}",
                         sh.id
@@ -1106,8 +1142,138 @@ impl Economy {
                 };
                 enc(&res)
             }
+            RaftRpcKind::Campaign => {
+                let delay: u64 = postcard::from_bytes(&rpc.payload).map_err(|e| e.to_string())?;
+                let raft = sh.raft.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay.min(HANDOVER_DELAY_MAX_MS)))
+                        .await;
+                    let _ = raft.trigger().elect().await;
+                });
+                enc(&())
+            }
+            RaftRpcKind::HoldElections => {
+                let hold: u64 = postcard::from_bytes(&rpc.payload).map_err(|e| e.to_string())?;
+                let raft = sh.raft.clone();
+                raft.runtime_config().elect(false);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(hold.min(HANDOVER_DELAY_MAX_MS)))
+                        .await;
+                    raft.runtime_config().elect(true);
+                });
+                enc(&())
+            }
             _ => serve_rpc(&sh.raft, &rpc).await,
         }
+    }
+
+    /// Hand the leadership of `shard` (led here) to voter `to`, which must
+    /// have replicated the whole log: this leader stops writes (fast 503s)
+    /// and heartbeats, the other voters hold their elections, and `to`
+    /// campaigns once this leader's lease ran out, so it wins the next term.
+    /// Raft's safety never depends on this; if `to` does not win within
+    /// `within`, everything is switched back and a normal election follows.
+    pub async fn hand_over(
+        &self,
+        shard: u16,
+        to: NodeId,
+        within: Duration,
+    ) -> Result<(), EconomyError> {
+        let me = self.inner.cfg.node_id;
+        let sh = self
+            .inner
+            .shards
+            .get(shard as usize)
+            .ok_or_else(|| EconomyError::invalid("shard", "no such shard"))?;
+        let m = sh.raft.metrics().borrow().clone();
+        if m.current_leader != Some(me) || m.state != ServerState::Leader {
+            return Err(EconomyError::unavailable("not the leader"));
+        }
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        if to == me || !voters.contains(&to) {
+            return Err(EconomyError::invalid(
+                "to",
+                "not another voter of the shard",
+            ));
+        }
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&to).cloned().flatten())
+            .map(|l| l.index);
+        if matched < m.last_log_index {
+            return Err(EconomyError::unavailable("the target has not caught up"));
+        }
+        // The lease a voter grants a leader: the longest election timeout.
+        let lease = self.inner.cfg.heartbeat_interval_ms.saturating_mul(6);
+        sh.handing_off
+            .store(true, std::sync::atomic::Ordering::Release);
+        for v in voters.iter().filter(|v| **v != me && **v != to) {
+            let rpc = RaftRpc {
+                shard,
+                kind: RaftRpcKind::HoldElections,
+                payload: postcard::to_allocvec(&(lease * 4)).unwrap_or_default(),
+            };
+            let _ = self.inner.net.send(*v, rpc).await;
+        }
+        sh.raft.runtime_config().heartbeat(false);
+        sh.raft.runtime_config().elect(false);
+        let rpc = RaftRpc {
+            shard,
+            kind: RaftRpcKind::Campaign,
+            payload: postcard::to_allocvec(&(lease + 100)).unwrap_or_default(),
+        };
+        let sent = self.inner.net.send(to, rpc).await;
+        let won = match sent {
+            Ok(_) => sh
+                .raft
+                .wait(Some(within))
+                .metrics(|m| m.current_leader == Some(to), "hand-over")
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        sh.raft.runtime_config().heartbeat(true);
+        sh.raft.runtime_config().elect(true);
+        sh.handing_off
+            .store(false, std::sync::atomic::Ordering::Release);
+        sh.origins.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if won {
+            Ok(())
+        } else {
+            Err(EconomyError::unavailable(format!(
+                "shard {shard}: node {to} did not take over in time"
+            )))
+        }
+    }
+
+    /// Shards this node leads where most writes came in at another voter:
+    /// `(shard, that voter)` for those with at least `min_writes` writes
+    /// since the last call, of which that voter brought `share` or more.
+    /// The counts restart at every call.
+    pub fn leadership_moves(&self, min_writes: u64, share: f64) -> Vec<(u16, NodeId)> {
+        let me = self.inner.cfg.node_id;
+        let mut out = Vec::new();
+        for sh in &self.inner.shards {
+            let counts = std::mem::take(&mut *sh.origins.lock().unwrap_or_else(|e| e.into_inner()));
+            let m = sh.raft.metrics().borrow().clone();
+            if m.current_leader != Some(me) {
+                continue;
+            }
+            let total: u64 = counts.values().sum();
+            let Some((top, n)) = counts.iter().max_by_key(|(_, n)| **n) else {
+                continue;
+            };
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == *top);
+            if *top != me && voter && total >= min_writes && (*n as f64) >= share * total as f64 {
+                out.push((sh.id, *top));
+            }
+        }
+        out
     }
 
     /// Whether this node's shards belong to a cluster yet (initialized here,

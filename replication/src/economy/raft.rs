@@ -700,6 +700,12 @@ pub enum RaftRpcKind {
     /// with a quorum and replies with the postcard `u64` log index the
     /// follower must have applied before it reads.
     ReadIndex,
+    /// Leader hand-over: the target campaigns after the postcard `u64`
+    /// delay in ms (once the old leader's lease ran out).
+    Campaign,
+    /// Leader hand-over: a voter that is not the target holds its own
+    /// elections for the postcard `u64` ms, so the target wins.
+    HoldElections,
 }
 
 /// One serialized Raft RPC for a shard. The payload is the postcard
@@ -781,9 +787,10 @@ pub(crate) async fn serve_rpc(raft: &openraft::Raft<C>, rpc: &RaftRpc) -> Result
             let req: InstallSnapshotRequest<C> = postcard::from_bytes(&rpc.payload).map_err(e)?;
             postcard::to_allocvec(&raft.install_snapshot(req).await).map_err(e)
         }
-        RaftRpcKind::ClientWrite | RaftRpcKind::ReadIndex => {
-            Err("client RPCs are served by the economy facade".into())
-        }
+        RaftRpcKind::ClientWrite
+        | RaftRpcKind::ReadIndex
+        | RaftRpcKind::Campaign
+        | RaftRpcKind::HoldElections => Err("client RPCs are served by the economy facade".into()),
     }
 }
 

@@ -453,7 +453,7 @@ async fn no_leader_fails_fast_and_retryable() {
 }
 
 /// Three nodes in one process over the in-process network: replication to
-/// followers, fast refusal on a follower, fail-over when the leader stops,
+/// followers, forwarding from a follower, fail-over when the leader stops,
 /// and a restarted node catching up (by snapshot once the log is purged).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_fail_over_and_catch_up() {
@@ -937,4 +937,99 @@ async fn name_directory_claims_are_unique_idempotent_and_survive_restart() {
     );
     eco.claim_name("mail:a@example.com", "p2").await.unwrap();
     eco.shutdown().await;
+}
+
+/// The leader notices that most writes come in at another voter and hands
+/// the shard over to it; writes keep working (forwarded) and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_follows_the_writes() {
+    use std::collections::BTreeMap;
+    let net = InProcessNetwork::new();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let members: BTreeMap<NodeId, String> = (1..=3).map(|i| (i, format!("n{i}"))).collect();
+    let cfg = |id: NodeId| EconomyConfig {
+        shards: 1,
+        node_id: id,
+        node_addr: format!("n{id}"),
+        bootstrap_members: members.clone(),
+        transport: RaftTransport::InProcess(net.clone()),
+        ..config()
+    };
+    let (s1, s2, s3) = (
+        open_storage(dirs[0].path()).await,
+        open_storage(dirs[1].path()).await,
+        open_storage(dirs[2].path()).await,
+    );
+    let (e1, e2, e3) = tokio::join!(
+        Economy::open(s1, cfg(1)),
+        Economy::open(s2, cfg(2)),
+        Economy::open(s3, cfg(3))
+    );
+    let nodes = [e1.unwrap(), e2.unwrap(), e3.unwrap()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        if let Some(l) = nodes[0].shards()[0].leader {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let l = &nodes[(leader - 1) as usize];
+    let target = if leader == 1 { 2 } else { 1 };
+    let f = &nodes[(target - 1) as usize];
+    // 30 writes come in at the follower, 2 at the leader.
+    for i in 0..30 {
+        f.grant(grant_coins("p", 1, &format!("f{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        l.grant(grant_coins("p", 1, &format!("l{i}")))
+            .await
+            .unwrap();
+    }
+    // Too few writes, or too small a share: no move.
+    assert!(l.leadership_moves(100, 0.6).is_empty());
+    for i in 30..60 {
+        f.grant(grant_coins("p", 1, &format!("f{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(l.leadership_moves(20, 0.6), vec![(0, target)]);
+    // Not the leader / not a voter / itself: refused.
+    assert!(f
+        .hand_over(0, leader, Duration::from_secs(1))
+        .await
+        .is_err());
+    assert!(l.hand_over(0, 99, Duration::from_secs(1)).await.is_err());
+    assert!(l
+        .hand_over(0, leader, Duration::from_secs(1))
+        .await
+        .is_err());
+    // Wait until the target has the whole log, then hand over.
+    let last = l.shards()[0].last_log_index;
+    f.raft(0)
+        .wait(Some(Duration::from_secs(5)))
+        .metrics(|m| m.last_applied.map(|x| x.index) >= last, "caught up")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    l.hand_over(0, target, Duration::from_secs(5))
+        .await
+        .unwrap();
+    eprintln!("hand-over took {:?}", t.elapsed());
+    for n in &nodes {
+        n.raft(0)
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.current_leader == Some(target), "new leader seen")
+            .await
+            .unwrap();
+    }
+    // Writes through the old leader are forwarded; nothing was lost.
+    let r = l.grant(grant_coins("p", 1, "after")).await.unwrap();
+    assert_eq!(r.balances["coins"], 63);
+    assert_eq!(f.wallet("p").await.unwrap()["coins"], 63);
+    for n in &nodes {
+        n.shutdown().await;
+    }
 }
