@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Liveness bound, simulated seconds.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 30)]
     liveness_bound: u64,
     /// Economy shards.
     #[arg(long, default_value_t = 2)]
@@ -94,6 +94,13 @@ struct Args {
     /// Where failing seeds' traces go.
     #[arg(long, default_value = "sim-traces")]
     trace_dir: PathBuf,
+    /// Write every seed's trace to --trace-dir, not only failing ones.
+    #[arg(long)]
+    trace_all: bool,
+    /// Do not restart minority shard leaders in the liveness phase (shows
+    /// that split leaders leave cross-shard transfers pending).
+    #[arg(long)]
+    no_colocate: bool,
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
@@ -161,6 +168,7 @@ fn main() {
         },
         workload,
         bug,
+        colocate_leaders: !args.no_colocate,
     };
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],
@@ -246,6 +254,9 @@ fn main() {
             replay_args.push_str(&format!(" {flag}"));
         }
     }
+    if args.no_colocate {
+        replay_args.push_str(" --no-colocate");
+    }
     if let Some(b) = &args.inject_bug {
         replay_args.push_str(&format!(" --inject-bug {b}"));
     }
@@ -254,6 +265,13 @@ fn main() {
     }
     if !args.mix.is_empty() {
         replay_args.push_str(&format!(" --mix '{}'", args.mix));
+    }
+    if args.trace_all {
+        let _ = std::fs::create_dir_all(&args.trace_dir);
+        for r in reports.iter().filter(|r| r.ok()) {
+            let path = args.trace_dir.join(format!("seed-{}.trace", r.seed));
+            let _ = std::fs::write(&path, r.trace_text());
+        }
     }
     for r in reports.iter().filter(|r| !r.ok()) {
         let _ = std::fs::create_dir_all(&args.trace_dir);
@@ -325,7 +343,9 @@ fn main() {
         sim_s / secs,
         args.threads
     );
-    println!("operations: {ops}, faults injected: {faults}");
+    let shared_terms: u64 = reports.iter().map(|r| r.shared_terms).sum();
+    let colocations: u64 = reports.iter().map(|r| r.colocations).sum();
+    println!("operations: {ops}, faults injected: {faults}, terms with two leaders (openraft (term,node) ids): {shared_terms}, liveness leader co-location restarts: {colocations}");
     println!(
         "staleness (ack -> visible on every live node): p50 {p50} ms, p99 {p99} ms, max {max} ms"
     );
