@@ -223,7 +223,7 @@ fn main() {
             last = Instant::now();
             let d = done.load(Ordering::Relaxed);
             let width = 30;
-            let filled = if total == 0 { width } else { d * width / total };
+            let filled = (d * width).checked_div(total).unwrap_or(width);
             eprint!(
                 "\r[{}{}] {d}/{total} seeds, {:.2} seeds/s, violations so far: {} seeds ",
                 "#".repeat(filled),

@@ -69,19 +69,16 @@ pub enum Bug {
     StaleDeltaWins,
     /// Every third score submission is acknowledged without being written.
     DropAckedScore,
-    /// A restarted node comes back with an empty store (lost Raft state).
-    WipeOnRestart,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 6] = [
         Bug::ApplyTransferTwice,
         Bug::SkipIdempotency,
         Bug::AckBeforeCommit,
         Bug::StaleReadCache,
         Bug::StaleDeltaWins,
         Bug::DropAckedScore,
-        Bug::WipeOnRestart,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -91,7 +88,6 @@ impl Bug {
             Bug::StaleReadCache => "stale-read-cache",
             Bug::StaleDeltaWins => "stale-delta-wins",
             Bug::DropAckedScore => "drop-acked-score",
-            Bug::WipeOnRestart => "wipe-on-restart",
         }
     }
     /// The invariant meant to catch it.
@@ -103,7 +99,6 @@ impl Bug {
             Bug::StaleReadCache => Invariant::Linearizable,
             Bug::StaleDeltaWins => Invariant::CrdtConvergence,
             Bug::DropAckedScore => Invariant::LostWrite,
-            Bug::WipeOnRestart => Invariant::RaftSafety,
         }
     }
     pub fn parse(s: &str) -> Option<Bug> {
@@ -447,6 +442,8 @@ struct ReplMsg {
 // ---------------------------------------------------------- endpoint ----
 
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Vec<u8>>>>>;
+/// A node's LWW map (credentials, profiles), shared with the observer.
+type LwwMap = Rc<RefCell<BTreeMap<String, LwwRegister<String>>>>;
 
 /// One host's request/response layer over its UDP socket.
 #[derive(Clone)]
@@ -576,7 +573,7 @@ enum Phase {
 struct NodeSlot {
     eco: Option<Economy>,
     lb: Option<Arc<LeaderboardEngine>>,
-    lww: Option<Rc<RefCell<BTreeMap<String, LwwRegister<String>>>>>,
+    lww: Option<LwwMap>,
     storage: Option<Storage>,
 }
 
@@ -629,6 +626,8 @@ struct Shared {
     converged: Cell<bool>,
     final_wallets: RefCell<BTreeMap<usize, i64>>,
     workers_done: Cell<usize>,
+    /// Debug: Raft RPCs received per (node, sender/kind).
+    raft_rx: RefCell<BTreeMap<(usize, String), u64>>,
     /// Scheduled operations not finished yet.
     inflight: Cell<usize>,
     /// The seeded schedule (faults, operations): what the trace hash covers.
@@ -693,7 +692,7 @@ struct Node {
     peers: Vec<IpAddr>,
     eco: RefCell<Option<Economy>>,
     lb: Arc<LeaderboardEngine>,
-    lww: Rc<RefCell<BTreeMap<String, LwwRegister<String>>>>,
+    lww: LwwMap,
     storage: Storage,
     clock: RefCell<HlcClock>,
     cursors: RefCell<Vec<u64>>,
@@ -883,7 +882,7 @@ async fn serve_api(node: Rc<Node>, req: ApiReq) -> ApiResp {
         ApiReq::Score { player, score } => {
             let c = node.scores.get() + 1;
             node.scores.set(c);
-            if node.bug(Bug::DropAckedScore) && c % 3 == 0 {
+            if node.bug(Bug::DropAckedScore) && c.is_multiple_of(3) {
                 return ApiResp::Done;
             }
             match node
@@ -1026,9 +1025,6 @@ async fn node_main(shared: Rc<Shared>, idx: usize) -> turmoil::Result {
         v[idx] += 1;
         v[idx]
     };
-    if inc > 1 && shared.cfg.bug == Some(Bug::WipeOnRestart) {
-        let _ = std::fs::remove_dir_all(&shared.dirs[idx]);
-    }
     let (ep, sock) = bind_endpoint(&shared, shared.cfg.seed ^ ((idx as u64) << 40) ^ inc).await?;
     let peers: Vec<IpAddr> = (0..shared.cfg.nodes)
         .map(|i| turmoil::lookup(format!("n{i}")))
@@ -1127,6 +1123,11 @@ async fn node_main(shared: Rc<Shared>, idx: usize) -> turmoil::Result {
         tokio::task::spawn_local(async move {
             let body = match req {
                 Req::Raft(rpc) => {
+                    {
+                        let mut rx = node.shared.raft_rx.borrow_mut();
+                        *rx.entry((node.idx, format!("{from}/{:?}", rpc.kind)))
+                            .or_default() += 1;
+                    }
                     let eco = node.eco.borrow().clone();
                     let r = match eco {
                         Some(e) => e.handle_raft_rpc(rpc).await,
@@ -1181,7 +1182,8 @@ impl Client {
         let mut last = "timeout".to_string();
         for attempt in 0..attempts {
             let res = self.api(node, req.clone()).await;
-            self.shared.log(format!("  attempt {attempt} at n{node}: {res:?}"));
+            self.shared
+                .log(format!("  attempt {attempt} at n{node}: {res:?}"));
             match res {
                 Some(ApiResp::Receipt { status: 1, .. }) => {
                     return (Outcome::Completed, "ok".into())
@@ -1254,7 +1256,10 @@ async fn worker(c: Rc<Client>, w: usize, start_ms: u64, end_ms: u64) {
     let total: u32 = weights.iter().sum();
     let mut at = start_ms;
     let mut seq = 0u64;
-    while total > 0 {
+    loop {
+        if total == 0 {
+            break;
+        }
         at += rng.range(50, 250);
         if at >= end_ms {
             break;
@@ -1322,156 +1327,150 @@ async fn run_op(c: Rc<Client>, spec: OpSpec) {
         key,
         ..
     } = spec;
-    let players = sh.cfg.players;
-    let _ = players;
     let mut rng = SimRng::new(sh.cfg.seed ^ key_hash(&key));
-        match op {
-            0 | 2 => {
-                // Registration (credential) or profile edit: an LWW write.
-                let k = if op == 0 {
-                    format!("cred/u{user}")
-                } else {
-                    format!("profile/u{user}")
-                };
-                let value = format!("{key}");
-                let res = c
-                    .api(
-                        node,
-                        ApiReq::SetLww {
-                            key: k.clone(),
-                            value,
-                        },
-                    )
-                    .await;
-                match res {
-                    Some(ApiResp::Stamp(stamp)) => {
-                        sh.log(format!("set {k} at n{node} -> ok"));
-                        sh.acked_crdt
-                            .borrow_mut()
-                            .push((now_us(), AckedCrdt::Lww { key: k, stamp }));
-                    }
-                    _ => sh.log(format!("set {k} at n{node} -> unknown")),
+    match op {
+        0 | 2 => {
+            // Registration (credential) or profile edit: an LWW write.
+            let k = if op == 0 {
+                format!("cred/u{user}")
+            } else {
+                format!("profile/u{user}")
+            };
+            let value = key.to_string();
+            let res = c
+                .api(
+                    node,
+                    ApiReq::SetLww {
+                        key: k.clone(),
+                        value,
+                    },
+                )
+                .await;
+            match res {
+                Some(ApiResp::Stamp(stamp)) => {
+                    sh.log(format!("set {k} at n{node} -> ok"));
+                    sh.acked_crdt
+                        .borrow_mut()
+                        .push((now_us(), AckedCrdt::Lww { key: k, stamp }));
                 }
+                _ => sh.log(format!("set {k} at n{node} -> unknown")),
             }
-            1 => {
-                let res = c
-                    .api(
-                        node,
-                        ApiReq::GetLww {
-                            key: format!("cred/u{user}"),
+        }
+        1 => {
+            let res = c
+                .api(
+                    node,
+                    ApiReq::GetLww {
+                        key: format!("cred/u{user}"),
+                    },
+                )
+                .await;
+            let class = match res {
+                Some(ApiResp::Value(Some(_))) => "found",
+                Some(ApiResp::Value(None)) => "absent",
+                _ => "unknown",
+            };
+            sh.log(format!("login u{user} at n{node} -> {class}"));
+        }
+        3 => {
+            let res = c
+                .api(
+                    node,
+                    ApiReq::Score {
+                        player: p as u32,
+                        score,
+                    },
+                )
+                .await;
+            if let Some(ApiResp::Done) = res {
+                sh.log(format!("score p{p}={score} at n{node} -> ok"));
+                sh.acked_crdt.borrow_mut().push((
+                    now_us(),
+                    AckedCrdt::Score {
+                        player: p as u32,
+                        score,
+                    },
+                ));
+            } else {
+                sh.log(format!("score p{p}={score} at n{node} -> unknown"));
+            }
+        }
+        4 | 5 | 7 => {
+            let (kind, req) = match op {
+                4 => (
+                    EcoKind::Purchase { player: p, qty },
+                    ApiReq::Purchase {
+                        player: player_name(p),
+                        qty,
+                        key: key.clone(),
+                    },
+                ),
+                5 => (
+                    EcoKind::Transfer {
+                        from: p,
+                        to,
+                        amount,
+                    },
+                    ApiReq::Transfer {
+                        from: player_name(p),
+                        to: player_name(to),
+                        amount,
+                        key: key.clone(),
+                    },
+                ),
+                _ => {
+                    let amount = grant;
+                    (
+                        EcoKind::Grant { player: p, amount },
+                        ApiReq::Grant {
+                            player: player_name(p),
+                            amount,
+                            key: key.clone(),
                         },
                     )
-                    .await;
-                let class = match res {
-                    Some(ApiResp::Value(Some(_))) => "found",
-                    Some(ApiResp::Value(None)) => "absent",
-                    _ => "unknown",
-                };
-                sh.log(format!("login u{user} at n{node} -> {class}"));
-            }
-            3 => {
-                let res = c
-                    .api(
-                        node,
-                        ApiReq::Score {
-                            player: p as u32,
-                            score,
-                        },
-                    )
-                    .await;
-                if let Some(ApiResp::Done) = res {
-                    sh.log(format!("score p{p}={score} at n{node} -> ok"));
-                    sh.acked_crdt.borrow_mut().push((
-                        now_us(),
-                        AckedCrdt::Score {
-                            player: p as u32,
-                            score,
-                        },
-                    ));
-                } else {
-                    sh.log(format!("score p{p}={score} at n{node} -> unknown"));
                 }
+            };
+            let invoke = now_us();
+            let (outcome, class) = c.eco_write(&mut rng, req, 3).await;
+            sh.log(format!("{kind:?} {key} -> {class}"));
+            sh.eco_ops.borrow_mut().push(EcoOp {
+                kind,
+                key,
+                invoke_us: invoke,
+                complete_us: now_us(),
+                outcome,
+            });
+        }
+        _ => {
+            let mut invoke = now_us();
+            let req = ApiReq::Wallet {
+                player: player_name(p),
+            };
+            let mut res = c.api(node, req.clone()).await;
+            if let Some(ApiResp::Err {
+                leader: Some(l), ..
+            }) = res
+            {
+                invoke = now_us();
+                res = c.api((l as usize - 1) % c.nodes.len(), req).await;
             }
-            4 | 5 | 7 => {
-                let (kind, req) = match op {
-                    4 => {
-                        (
-                            EcoKind::Purchase { player: p, qty },
-                            ApiReq::Purchase {
-                                player: player_name(p),
-                                qty,
-                                key: key.clone(),
-                            },
-                        )
-                    }
-                    5 => {
-                        (
-                            EcoKind::Transfer {
-                                from: p,
-                                to,
-                                amount,
-                            },
-                            ApiReq::Transfer {
-                                from: player_name(p),
-                                to: player_name(to),
-                                amount,
-                                key: key.clone(),
-                            },
-                        )
-                    }
-                    _ => {
-                        let amount = grant;
-                        (
-                            EcoKind::Grant { player: p, amount },
-                            ApiReq::Grant {
-                                player: player_name(p),
-                                amount,
-                                key: key.clone(),
-                            },
-                        )
-                    }
-                };
-                let invoke = now_us();
-                let (outcome, class) = c.eco_write(&mut rng, req, 3).await;
-                sh.log(format!("{kind:?} {key} -> {class}"));
+            if let Some(ApiResp::Balance(v)) = res {
+                sh.log(format!("read p{p} at n{node} -> {v}"));
                 sh.eco_ops.borrow_mut().push(EcoOp {
-                    kind,
+                    kind: EcoKind::Read {
+                        player: p,
+                        value: v,
+                    },
                     key,
                     invoke_us: invoke,
                     complete_us: now_us(),
-                    outcome,
+                    outcome: Outcome::Completed,
                 });
-            }
-            _ => {
-                let mut invoke = now_us();
-                let req = ApiReq::Wallet {
-                    player: player_name(p),
-                };
-                let mut res = c.api(node, req.clone()).await;
-                if let Some(ApiResp::Err {
-                    leader: Some(l), ..
-                }) = res
-                {
-                    invoke = now_us();
-                    res = c.api((l as usize - 1) % c.nodes.len(), req).await;
-                }
-                if let Some(ApiResp::Balance(v)) = res {
-                    sh.log(format!("read p{p} at n{node} -> {v}"));
-                    sh.eco_ops.borrow_mut().push(EcoOp {
-                        kind: EcoKind::Read {
-                            player: p,
-                            value: v,
-                        },
-                        key,
-                        invoke_us: invoke,
-                        complete_us: now_us(),
-                        outcome: Outcome::Completed,
-                    });
-                } else {
-                    sh.log(format!("read p{p} at n{node} -> unknown"));
-                }
+            } else {
+                sh.log(format!("read p{p} at n{node} -> unknown"));
             }
         }
+    }
     sh.inflight.set(sh.inflight.get() - 1);
 }
 
@@ -1710,6 +1709,7 @@ pub fn run_seed(cfg: &SimConfig) -> SeedReport {
         final_wallets: RefCell::new(BTreeMap::new()),
         workers_done: Cell::new(0),
         inflight: Cell::new(0),
+        raft_rx: RefCell::new(BTreeMap::new()),
         schedule: RefCell::new(Vec::new()),
     });
     let safety_end = Duration::from_secs(cfg.duration_s) + Duration::from_millis(1_500);
@@ -1948,6 +1948,8 @@ pub fn run_seed(cfg: &SimConfig) -> SeedReport {
                     }
                 }
                 drop(slots);
+                line.push_str(&format!(" rx {:?}", shared.raft_rx.borrow()));
+                shared.raft_rx.borrow_mut().clear();
                 log(&shared, t, line);
             }
             // Staleness: acknowledged CRDT writes become visible everywhere.
