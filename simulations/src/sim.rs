@@ -115,8 +115,11 @@ pub struct FaultMix {
     pub crashes: bool,
     /// Probability that a datagram is dropped.
     pub loss: f64,
-    /// Probability that a datagram is sent twice.
+    /// Probability that a datagram between nodes is sent twice.
     pub dup: f64,
+    /// Duplicate client API requests too (exposes the failed-then-applied
+    /// finding of docs/simulations.md).
+    pub dup_client: bool,
     /// Largest clock skew of a node, in ms (either direction).
     pub skew_ms: u64,
     /// Mean gap between two fault events, in ms.
@@ -130,6 +133,7 @@ impl Default for FaultMix {
             crashes: true,
             loss: 0.02,
             dup: 0.02,
+            dup_client: false,
             skew_ms: 250,
             interval_ms: 1_200,
         }
@@ -342,6 +346,10 @@ pub struct SeedReport {
     /// Raft terms in which two nodes led one shard (allowed by openraft's
     /// (term, node) leader ids; not a violation).
     pub shared_terms: u64,
+    /// SWIM failure detection: crash to "not alive" on every live node, ms.
+    pub detection_ms: Vec<u64>,
+    /// Liveness start to every node seeing every other alive, ms.
+    pub membership_ms: Option<u64>,
     /// Shard-leader co-location restarts done in the liveness phase.
     pub colocations: u64,
     pub sim_ms: u64,
@@ -487,6 +495,7 @@ impl Endpoint {
 async fn bind_endpoint(
     shared: &Rc<Shared>,
     rng_seed: u64,
+    dup: f64,
 ) -> std::io::Result<(Endpoint, Rc<UdpSocket>)> {
     let sock = Rc::new(UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT)).await?);
     let (out, mut rx) = mpsc::unbounded_channel::<(IpAddr, Vec<u8>)>();
@@ -505,7 +514,7 @@ async fn bind_endpoint(
                 continue;
             }
             let _ = s.send_to(&frame, (to, PORT)).await;
-            if faulty && rng.chance(sh.cfg.faults.dup) {
+            if faulty && rng.chance(dup) {
                 let _ = s.send_to(&frame, (to, PORT)).await;
             }
         }
@@ -575,6 +584,8 @@ struct NodeSlot {
     lb: Option<Arc<LeaderboardEngine>>,
     lww: Option<LwwMap>,
     storage: Option<Storage>,
+    /// Names of the members this node's SWIM (foca) sees alive.
+    alive: Option<Rc<RefCell<BTreeSet<String>>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1025,7 +1036,12 @@ async fn node_main(shared: Rc<Shared>, idx: usize) -> turmoil::Result {
         v[idx] += 1;
         v[idx]
     };
-    let (ep, sock) = bind_endpoint(&shared, shared.cfg.seed ^ ((idx as u64) << 40) ^ inc).await?;
+    let (ep, sock) = bind_endpoint(
+        &shared,
+        shared.cfg.seed ^ ((idx as u64) << 40) ^ inc,
+        shared.cfg.faults.dup,
+    )
+    .await?;
     let peers: Vec<IpAddr> = (0..shared.cfg.nodes)
         .map(|i| turmoil::lookup(format!("n{i}")))
         .collect();
@@ -1056,6 +1072,7 @@ async fn node_main(shared: Rc<Shared>, idx: usize) -> turmoil::Result {
             let _ = clock.observe(s, phys);
         }
     }
+    let alive: Rc<RefCell<BTreeSet<String>>> = Rc::new(RefCell::new(BTreeSet::new()));
     let node = Rc::new(Node {
         idx,
         shared: shared.clone(),
@@ -1078,7 +1095,17 @@ async fn node_main(shared: Rc<Shared>, idx: usize) -> turmoil::Result {
             lb: Some(lb),
             lww: Some(node.lww.clone()),
             storage: Some(storage.clone()),
+            alive: Some(alive.clone()),
         };
+    }
+    {
+        let shared = shared.clone();
+        let alive = alive.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = swim_main(shared.clone(), idx, inc, alive).await {
+                shared.log(format!("n{idx} swim stopped: {e}"));
+            }
+        });
     }
     let members: BTreeMap<NodeId, String> = (0..shared.cfg.nodes)
         .map(|i| (i as NodeId + 1, format!("n{i}")))
@@ -1147,6 +1174,83 @@ async fn node_main(shared: Rc<Shared>, idx: usize) -> turmoil::Result {
     })
     .await?;
     Ok(())
+}
+
+// -------------------------------------------------------- membership ----
+
+/// The SWIM port (foca with the mesh's `swim_config()` and identity).
+pub const SWIM_PORT: u16 = 7001;
+
+/// Run foca over the simulated UDP port [`SWIM_PORT`]: datagrams and timers
+/// in, `AccumulatingRuntime` drained after each; the alive set is
+/// published for the membership checker.
+async fn swim_main(
+    shared: Rc<Shared>,
+    idx: usize,
+    inc: u64,
+    alive: Rc<RefCell<BTreeSet<String>>>,
+) -> std::io::Result<()> {
+    use foca::{AccumulatingRuntime, Foca, PostcardCodec, Timer};
+    use meridian_mesh::membership::{swim_config, NodeIdentity, PROTOCOL_VERSION};
+    use rand::SeedableRng;
+    let me = turmoil::lookup(format!("n{idx}"));
+    let sock = Rc::new(UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), SWIM_PORT)).await?);
+    let ident = |i: usize, ip: IpAddr, inc: u64| NodeIdentity {
+        node_id: format!("n{i}"),
+        region: format!("r{}", i % shared.cfg.regions.max(1)),
+        addr: std::net::SocketAddr::new(ip, SWIM_PORT),
+        incarnation: inc,
+        version: PROTOCOL_VERSION,
+    };
+    let rng = rand::rngs::StdRng::seed_from_u64(shared.cfg.seed ^ ((idx as u64) << 32) ^ inc);
+    let mut foca = Foca::new(ident(idx, me, inc), swim_config(), rng, PostcardCodec);
+    let mut rt = AccumulatingRuntime::new();
+    let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeIdentity>>();
+    let mut loss = SimRng::new(shared.cfg.seed ^ 0x5717 ^ ((idx as u64) << 16) ^ inc);
+    let mut buf = vec![0u8; 65_536];
+    let mut join = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            biased;
+            r = sock.recv_from(&mut buf) => {
+                let (n, _) = r?;
+                let _ = foca.handle_data(&buf[..n], &mut rt);
+            }
+            Some(t) = timer_rx.recv() => {
+                let _ = foca.handle_timer(t, &mut rt);
+            }
+            _ = join.tick() => {
+                if foca.num_members() + 1 < shared.cfg.nodes {
+                    // Join (and re-join after a restart) through every peer.
+                    for i in (0..shared.cfg.nodes).filter(|i| *i != idx) {
+                        let ip = turmoil::lookup(format!("n{i}"));
+                        let _ = foca.announce(ident(i, ip, 0), &mut rt);
+                    }
+                }
+            }
+        }
+        while let Some((to, packet)) = rt.to_send() {
+            let faulty = shared.phase.get() == Phase::Safety;
+            if faulty && loss.chance(shared.cfg.faults.loss) {
+                continue;
+            }
+            let _ = sock.send_to(&packet, to.addr).await;
+        }
+        while let Some((after, timer)) = rt.to_schedule() {
+            let tx = timer_tx.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(after).await;
+                let _ = tx.send(timer);
+            });
+        }
+        while rt.to_notify().is_some() {}
+        let now: BTreeSet<String> = foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Alive)
+            .map(|m| m.id().node_id.clone())
+            .collect();
+        *alive.borrow_mut() = now;
+    }
 }
 
 // ------------------------------------------------------------ client ----
@@ -1502,7 +1606,14 @@ fn eco_req(kind: &EcoKind, key: &str) -> Option<ApiReq> {
 }
 
 async fn client_main(shared: Rc<Shared>) -> turmoil::Result {
-    let (ep, sock) = bind_endpoint(&shared, shared.cfg.seed ^ 0xc11e).await?;
+    // Client requests travel over HTTP/TCP in production: duplicated only
+    // with `dup_client` (see docs/simulations.md, "Findings").
+    let dup = if shared.cfg.faults.dup_client {
+        shared.cfg.faults.dup
+    } else {
+        0.0
+    };
+    let (ep, sock) = bind_endpoint(&shared, shared.cfg.seed ^ 0xc11e, dup).await?;
     let nodes: Vec<IpAddr> = (0..shared.cfg.nodes)
         .map(|i| turmoil::lookup(format!("n{i}")))
         .collect();
@@ -1530,23 +1641,36 @@ async fn client_main(shared: Rc<Shared>) -> turmoil::Result {
     // Liveness: resolve every operation whose outcome is unknown (or a
     // pending cross-shard transfer) by retrying it with the same key.
     let mut rng = SimRng::new(shared.cfg.seed ^ 0x11fe);
+    // Passes over the unresolved operations until none is left or the
+    // liveness bound (minus time for the final reads) is near.
     let n = shared.eco_ops.borrow().len();
-    for i in 0..n {
-        let (kind, key, outcome) = {
-            let ops = shared.eco_ops.borrow();
-            (ops[i].kind.clone(), ops[i].key.clone(), ops[i].outcome)
-        };
-        if outcome != Outcome::Unknown {
-            continue;
+    let resolve_until = now_us() + shared.cfg.liveness_bound_s.saturating_sub(5) * 1_000_000;
+    loop {
+        let mut left = 0;
+        for i in 0..n {
+            let (kind, key, outcome) = {
+                let ops = shared.eco_ops.borrow();
+                (ops[i].kind.clone(), ops[i].key.clone(), ops[i].outcome)
+            };
+            if outcome != Outcome::Unknown {
+                continue;
+            }
+            let Some(req) = eco_req(&kind, &key) else {
+                continue;
+            };
+            let (out, class) = c.eco_write(&mut rng, req, 10).await;
+            shared.log(format!("resolve {key} -> {class}"));
+            let mut ops = shared.eco_ops.borrow_mut();
+            ops[i].outcome = out;
+            ops[i].complete_us = now_us();
+            if out == Outcome::Unknown {
+                left += 1;
+            }
         }
-        let Some(req) = eco_req(&kind, &key) else {
-            continue;
-        };
-        let (out, class) = c.eco_write(&mut rng, req, 20).await;
-        shared.log(format!("resolve {key} -> {class}"));
-        let mut ops = shared.eco_ops.borrow_mut();
-        ops[i].outcome = out;
-        ops[i].complete_us = now_us();
+        if left == 0 || now_us() >= resolve_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Final linearizable wallet reads.
     for p in 0..shared.cfg.players {
@@ -1674,6 +1798,19 @@ fn visible(slot: &NodeSlot, w: &AckedCrdt, now: DateTime<Utc>) -> bool {
     }
 }
 
+/// Every node up and each sees every other node alive in SWIM.
+fn membership_ok(slots: &[NodeSlot]) -> bool {
+    let n = slots.len();
+    slots.iter().enumerate().all(|(i, s)| {
+        s.alive.as_ref().is_some_and(|a| {
+            let a = a.borrow();
+            (0..n)
+                .filter(|j| *j != i)
+                .all(|j| a.contains(&format!("n{j}")))
+        })
+    })
+}
+
 fn hash_trace(lines: &[String]) -> String {
     let mut h = Sha256::new();
     for l in lines {
@@ -1765,6 +1902,9 @@ pub fn run_seed(cfg: &SimConfig) -> SeedReport {
     let mut colocating: Vec<(usize, Duration)> = Vec::new();
     let mut last_colocate = Duration::ZERO;
     let mut colocations = 0u64;
+    let mut detecting: Vec<(usize, Duration)> = Vec::new();
+    let mut detection_ms: Vec<u64> = Vec::new();
+    let mut membership_ms: Option<u64> = None;
     let mut waiting: Vec<(u64, AckedCrdt)> = Vec::new();
     let log = |sh: &Shared, t: Duration, s: String| {
         sh.trace
@@ -1852,6 +1992,7 @@ pub fn run_seed(cfg: &SimConfig) -> SeedReport {
                     shared.nodes.borrow_mut()[v] = NodeSlot::default();
                     sim.crash(names[v].as_str());
                     crashed[v] = true;
+                    detecting.push((v, t));
                     format!("crash n{v}")
                 }
                 4 | 5 if down > 0 => {
@@ -1931,6 +2072,25 @@ pub fn run_seed(cfg: &SimConfig) -> SeedReport {
             next_check = t + Duration::from_millis(10);
             let before = violations.len();
             check_raft(&shared, &mut obs, &mut violations, t_ms);
+            if !detecting.is_empty() {
+                let slots = shared.nodes.borrow();
+                detecting.retain(|&(v, at)| {
+                    if !crashed[v] {
+                        return false;
+                    }
+                    let name = format!("n{v}");
+                    let seen_down = slots.iter().enumerate().all(|(i, s)| {
+                        crashed[i]
+                            || s.alive
+                                .as_ref()
+                                .is_some_and(|a| !a.borrow().contains(&name))
+                    });
+                    if seen_down {
+                        detection_ms.push((t - at).as_millis() as u64);
+                    }
+                    !seen_down
+                });
+            }
             if debug && t_ms % 1_000 < 10 {
                 let slots = shared.nodes.borrow();
                 let mut line = String::from("DEBUG shards");
@@ -1988,12 +2148,24 @@ pub fn run_seed(cfg: &SimConfig) -> SeedReport {
                     let client_done = shared.workers_done.get() >= cfg.clients
                         && shared.inflight.get() == 0
                         && shared.final_wallets.borrow().len() == cfg.players;
-                    if all_up && same && waiting.is_empty() && client_done {
+                    let members = membership_ok(&slots);
+                    if members && membership_ms.is_none() {
+                        membership_ms = Some((t - ls).as_millis() as u64);
+                    }
+                    if all_up && same && waiting.is_empty() && client_done && members {
                         convergence_ms = Some((t - ls).as_millis() as u64);
                         shared.converged.set(true);
                         log(&shared, t, "converged".into());
                     } else if t >= ls + bound {
                         shared.converged.set(true);
+                        if all_up && !members {
+                            violations.push(Violation {
+                                invariant: Invariant::Membership,
+                                at_ms: t_ms,
+                                detail: "a live node does not see every other live node alive"
+                                    .into(),
+                            });
+                        }
                         let what = if !all_up {
                             "a node is down"
                         } else if !same {
@@ -2112,6 +2284,8 @@ pub fn run_seed(cfg: &SimConfig) -> SeedReport {
         lin_unknown,
         faults,
         shared_terms: obs.shared_terms,
+        detection_ms,
+        membership_ms,
         colocations,
         sim_ms: end_ms,
         trace,
