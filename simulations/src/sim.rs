@@ -1287,7 +1287,7 @@ impl Client {
         for attempt in 0..attempts {
             let res = self.api(node, req.clone()).await;
             self.shared
-                .log(format!("  attempt {attempt} at n{node}: {res:?}"));
+                .log(format!("  attempt {attempt} at n{node} {req:?}: {res:?}"));
             match res {
                 Some(ApiResp::Receipt { status: 1, .. }) => {
                     return (Outcome::Completed, "ok".into())
