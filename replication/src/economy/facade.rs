@@ -79,6 +79,11 @@ pub struct EconomyConfig {
     /// Writes waiting for commit per shard; beyond it a write fails fast
     /// with [`EconomyError::Unavailable`] (backpressure, not a queue).
     pub writes_in_flight_per_shard_max: usize,
+    /// Fixed election timeout range `[min, max)` in ms instead of 3-6
+    /// heartbeats. `Some((t, t + 1))` gives this node one fixed timeout,
+    /// which the deterministic simulations use (openraft otherwise draws
+    /// it from the thread RNG). `None` in production.
+    pub election_timeout_ms: Option<(u64, u64)>,
 }
 
 impl Default for EconomyConfig {
@@ -99,6 +104,7 @@ impl Default for EconomyConfig {
             recovery_interval_ms: 1_000,
             heartbeat_interval_ms: 100,
             writes_in_flight_per_shard_max: 1_024,
+            election_timeout_ms: None,
         }
     }
 }
@@ -292,8 +298,12 @@ impl Economy {
         let raft_cfg = Config {
             cluster_name: "meridian-economy".into(),
             heartbeat_interval: cfg.heartbeat_interval_ms,
-            election_timeout_min: cfg.heartbeat_interval_ms.saturating_mul(3),
-            election_timeout_max: cfg.heartbeat_interval_ms.saturating_mul(6),
+            election_timeout_min: cfg
+                .election_timeout_ms
+                .map_or(cfg.heartbeat_interval_ms.saturating_mul(3), |t| t.0),
+            election_timeout_max: cfg
+                .election_timeout_ms
+                .map_or(cfg.heartbeat_interval_ms.saturating_mul(6), |t| t.1),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: cfg.log_entries_kept_after_snapshot,
             ..Default::default()
