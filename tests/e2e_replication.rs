@@ -558,6 +558,21 @@ async fn malformed_and_oversized_replication_is_refused_and_counted() {
     .await;
     assert_eq!(s, 200, "{v}");
     assert!(v["replies_refused"].as_u64().unwrap() >= 5, "{v}");
+    // ...and the connection to the rogue was cut each time.
+    let (s, _, m) = call(
+        client_http()
+            .get(format!("{}/admin/mesh", node.url()))
+            .header("authorization", bearer(ADMIN_TOKEN)),
+    )
+    .await;
+    assert_eq!(s, 200, "{m}");
+    assert!(
+        m["stats"]["connections_dropped_for_violation"]
+            .as_u64()
+            .unwrap()
+            >= 3,
+        "{m}"
+    );
     assert!(v["changes_refused"].as_u64().unwrap() >= 3, "{v}");
     assert_eq!(v["changes_applied"].as_u64(), Some(0), "{v}");
     // The node is healthy and the player's data untouched.
@@ -600,44 +615,65 @@ async fn shard_leadership_moves_to_the_region_where_writes_come_in() {
     // Which shard holds this player, and who leads it.
     let leader_of_player = async |n: &Node| -> Option<String> {
         let sh = shards(n).await?;
-        let s = sh.iter().find(|s| s["shard"].as_u64() == Some(shard_of_player(&me)))?;
+        let s = sh
+            .iter()
+            .find(|s| s["shard"].as_u64() == Some(shard_of_player(&me)))?;
         let l = s["leader"].as_u64()?;
-        let i = s["voters"].as_array()?.iter().position(|v| v.as_u64() == Some(l))?;
-        s["voter_names"].as_array()?.get(i)?.as_str().map(str::to_string)
+        let i = s["voters"]
+            .as_array()?
+            .iter()
+            .position(|v| v.as_u64() == Some(l))?;
+        s["voter_names"]
+            .as_array()?
+            .get(i)?
+            .as_str()
+            .map(str::to_string)
     };
     let before = leader_of_player(&nodes[0]).await.expect("a leader");
     // All writes come in at a region that does not lead the shard.
     let home = NAMES.iter().position(|n| *n != before).unwrap();
     let token = reg["access_token"].as_str().unwrap().to_string();
-    wait_for("the account in the writes' region", VISIBLE_WITHIN, async || {
-        let (s, _, _) = call(
-            client()
-                .get(format!("{}/player/me", nodes[home].url()))
-                .header("authorization", bearer(&token)),
-        )
-        .await;
-        s == 200
-    })
+    wait_for(
+        "the account in the writes' region",
+        VISIBLE_WITHIN,
+        async || {
+            let (s, _, _) = call(
+                client()
+                    .get(format!("{}/player/me", nodes[home].url()))
+                    .header("authorization", bearer(&token)),
+            )
+            .await;
+            s == 200
+        },
+    )
     .await;
     let mut k = 0;
     let t = std::time::Instant::now();
-    wait_for("leadership moved to the writes' region", Duration::from_secs(40), async || {
-        for _ in 0..10 {
-            k += 1;
-            let (s, _, b) = call_retrying(|| {
-                client()
-                    .post(format!("{}/economy/grant", nodes[home].url()))
-                    .header("authorization", bearer(SERVER_TOKEN))
-                    .json(&json!({"player_id": me, "currency": "coins", "amount": 1,
+    wait_for(
+        "leadership moved to the writes' region",
+        Duration::from_secs(40),
+        async || {
+            for _ in 0..10 {
+                k += 1;
+                let (s, _, b) = call_retrying(|| {
+                    client()
+                        .post(format!("{}/economy/grant", nodes[home].url()))
+                        .header("authorization", bearer(SERVER_TOKEN))
+                        .json(&json!({"player_id": me, "currency": "coins", "amount": 1,
                                    "reason": "home", "idempotency_key": format!("h-{k}")}))
-            })
-            .await;
-            assert_eq!(s, 200, "{b}");
-        }
-        leader_of_player(&nodes[0]).await.as_deref() == Some(NAMES[home])
-    })
+                })
+                .await;
+                assert_eq!(s, 200, "{b}");
+            }
+            leader_of_player(&nodes[0]).await.as_deref() == Some(NAMES[home])
+        },
+    )
     .await;
-    eprintln!("leadership moved from {before} to {} after {:?}", NAMES[home], t.elapsed());
+    eprintln!(
+        "leadership moved from {before} to {} after {:?}",
+        NAMES[home],
+        t.elapsed()
+    );
     let (s, _, w) = call_retrying(|| {
         client()
             .get(format!("{}/wallet/me", nodes[home].url()))

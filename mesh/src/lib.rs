@@ -38,7 +38,9 @@ use tokio::sync::{mpsc, oneshot};
 pub use membership::{MemberState, NodeIdentity, NodeMetadata};
 pub use pki::CertPaths;
 pub use stats::{MeshStats, MeshStatsSnapshot};
-pub use transport::{RpcFuture, RpcHandler, RPC_MESSAGE_MAX_BYTES, RPC_TIMEOUT_DEFAULT};
+pub use transport::{
+    RpcFuture, RpcHandler, PROTOCOL_VIOLATION, RPC_MESSAGE_MAX_BYTES, RPC_TIMEOUT_DEFAULT,
+};
 
 use membership::{Command, Shared};
 use transport::{LatencyTable, Transport};
@@ -429,6 +431,14 @@ impl MeshClient {
             .max_by_key(|r| r.id.incarnation)
             .map(|r| r.id.addr)
             .ok_or_else(|| MeshError::UnknownPeer(node_id.to_string()))
+    }
+
+    /// Closes the connection to member `node_id` after it broke a protocol (see
+    /// [`transport::PROTOCOL_VIOLATION`]); the next message dials again.
+    pub fn disconnect(&self, node_id: &str) {
+        if let Ok(addr) = self.peer_addr(node_id) {
+            self.transport.disconnect(addr);
+        }
     }
 
     /// Names and regions of the members not declared down (this node excluded).

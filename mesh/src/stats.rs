@@ -73,6 +73,10 @@ stats_struct!(
         rpc_failed,
         /// Incoming RPC or one-way frames refused (oversize, undecodable, unknown service).
         rpc_rejected,
+        /// Connections closed because the peer broke a service's protocol (a handler
+        /// answered with [`crate::transport::PROTOCOL_VIOLATION`], or the node dropped a peer
+        /// whose reply was malformed).
+        connections_dropped_for_violation,
         /// One-way messages sent on unidirectional streams.
         oneway_sent,
         /// One-way messages received.

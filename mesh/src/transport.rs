@@ -118,6 +118,11 @@ const QUIC_FIXED_BIT: u8 = 0x40;
 /// Header form bit: set for long headers (RFC 9000 §17.2).
 const QUIC_LONG_HEADER_BIT: u8 = 0x80;
 
+/// An RPC handler whose error message starts with this marks the request as a protocol
+/// violation: the error is answered, then the connection to that peer is closed (and
+/// counted in `connections_dropped_for_violation`). The peer may dial again.
+pub const PROTOCOL_VIOLATION: &str = "protocol violation: ";
+
 /// Internal service name carrying SWIM packets too large for a datagram.
 const SWIM_SERVICE: &str = "_swim";
 
@@ -670,6 +675,22 @@ impl Transport {
         Ok((Self { inner }, swim_rx))
     }
 
+    /// Closes the connection to `addr`, if any (a peer that broke a protocol); the next
+    /// message to it dials again.
+    pub fn disconnect(&self, addr: SocketAddr) {
+        let slot = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned();
+        if let Some(conn) = slot.and_then(|s| s.live()) {
+            MeshStats::inc(&self.inner.stats.connections_dropped_for_violation);
+            conn.close(quinn::VarInt::from_u32(2), b"protocol violation");
+        }
+    }
+
     /// The address the endpoint's socket is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.endpoint.local_addr()
@@ -1036,6 +1057,7 @@ async fn serve_bi(inner: Arc<Inner>, from: SocketAddr, conn: Connection) {
     // QUIC stream credit (RPC_CONCURRENT_MAX_PER_CONN) bounds the concurrent tasks.
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let inner = inner.clone();
+        let conn = conn.clone();
         tokio::spawn(async move {
             let request =
                 tokio::time::timeout(RPC_TIMEOUT_DEFAULT, decode_request(&inner, &mut recv))
@@ -1059,6 +1081,12 @@ async fn serve_bi(inner: Arc<Inner>, from: SocketAddr, conn: Connection) {
             };
             if let Ok(frame) = postcard::to_allocvec(&response) {
                 let _ = write_frame(&mut send, &frame).await;
+            }
+            if matches!(&response, Response::Err(m) if m.starts_with(PROTOCOL_VIOLATION)) {
+                // Let the error reach the peer, then cut it off.
+                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+                MeshStats::inc(&inner.stats.connections_dropped_for_violation);
+                conn.close(quinn::VarInt::from_u32(2), b"protocol violation");
             }
         });
     }

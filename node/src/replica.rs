@@ -203,7 +203,10 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
                         .stats
                         .replies_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    format!("malformed raft rpc: {e}")
+                    format!(
+                        "{}malformed raft rpc: {e}",
+                        meridian_mesh::PROTOCOL_VIOLATION
+                    )
                 })?;
                 state
                     .economy
@@ -226,7 +229,7 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
                         .stats
                         .replies_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    format!("malformed pull: {e}")
+                    format!("{}malformed pull: {e}", meridian_mesh::PROTOCOL_VIOLATION)
                 })?;
                 let reply = serve_pull(&state, &req)?;
                 let out = postcard::to_allocvec(&reply).map_err(|e| e.to_string())?;
@@ -271,7 +274,10 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
                         .stats
                         .replies_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    return Err("poke too large".to_string());
+                    return Err(format!(
+                        "{}poke too large",
+                        meridian_mesh::PROTOCOL_VIOLATION
+                    ));
                 }
                 let peer = String::from_utf8_lossy(&body).into_owned();
                 let tx = state
@@ -500,10 +506,12 @@ async fn pull_once(
         .fetch_add(raw.len() as u64, Ordering::Relaxed);
     let reply: PullReply = postcard::from_bytes(&raw).map_err(|e| {
         stats.replies_refused.fetch_add(1, Ordering::Relaxed);
+        client.disconnect(peer);
         format!("malformed pull reply: {e}")
     })?;
     if reply.kv.len() > state.cfg.replication.batch_keys_max {
         stats.replies_refused.fetch_add(1, Ordering::Relaxed);
+        client.disconnect(peer);
         return Err(format!("pull reply with {} keys", reply.kv.len()));
     }
     let store_cursor = |epoch: u64, version: u64| {
@@ -542,6 +550,7 @@ async fn pull_once(
             let delta = meridian_replication::leaderboard::Delta::from_bytes(&reply.leaderboards)
                 .map_err(|e| {
                 stats.replies_refused.fetch_add(1, Ordering::Relaxed);
+                client.disconnect(peer);
                 format!("malformed leaderboard delta: {e}")
             })?;
             let r = state
