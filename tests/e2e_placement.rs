@@ -233,3 +233,135 @@ async fn players_are_placed_in_their_nearest_region() {
         (422, "no_region_within_latency")
     );
 }
+
+/// Cross-region offers: a duel ticket alone in its home region is offered to
+/// a neighbour after `offer_after_s`; the neighbour matches it with its own
+/// player after claiming it at home, so it lands in exactly one match, in
+/// the neighbour region, and the home region shows and pushes the match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_ticket_is_offered_to_a_neighbour_and_matched_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let cfg = dir.path().join("modes.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[[matchmaking.modes]]
+name = "duel"
+teams = 2
+team_size = 1
+max_latency_ms = 150
+skill_window_start = 100.0
+skill_window_widen_per_s = 25.0
+max_wait_s = 60
+allow_remote_region = true
+offer_after_s = 1
+"#,
+    )
+    .unwrap();
+    let start = |region: &str, seeds: &[&Node]| {
+        let seeds: Vec<String> = seeds
+            .iter()
+            .map(|n| format!("\"{}\"", n.env("MERIDIAN_MESH_ADDR").unwrap()))
+            .collect();
+        Node::start(
+            &dir.path().join(region),
+            &[
+                ("MERIDIAN_REGION", region),
+                ("MERIDIAN_NODE_NAME", region),
+                ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
+                ("MERIDIAN_MESH__SEEDS", &format!("[{}]", seeds.join(","))),
+                (TEST_CONFIG_ENV, cfg.to_str().unwrap()),
+            ],
+        )
+    };
+    let eu = start("eu-west", &[]);
+    let us = start("us-east", &[&eu]);
+    wait_for(
+        "the two regions see each other",
+        Duration::from_secs(20),
+        async || {
+            let (_, _, b) = call(client().get(format!("{}/regions", eu.url()))).await;
+            b.as_array().is_some_and(|r| {
+                r.iter()
+                    .filter(|x| x["status"] == "alive" || x["status"] == "self")
+                    .count()
+                    == 2
+            })
+        },
+    )
+    .await;
+    // One player per region; each region alone has no opponent.
+    let join = async |n: &Node, device: &str, latencies: Value| -> (String, String) {
+        let (s, _, b) = call(
+            client()
+                .post(format!("{}/auth/device", n.url()))
+                .json(&json!({"device_id": device})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        let token = b["access_token"].as_str().unwrap().to_string();
+        let (s, _, t) = call(
+            client()
+                .post(format!("{}/matchmaking/join", n.url()))
+                .header("authorization", format!("Bearer {token}"))
+                .json(&json!({"game_mode": "duel", "latencies": latencies})),
+        )
+        .await;
+        assert_eq!(s, 202, "{t}");
+        (token, t["ticket_id"].as_str().unwrap().to_string())
+    };
+    let (eu_token, eu_ticket) = join(
+        &eu,
+        "offer-eu-player-1",
+        json!({"eu-west": 20.0, "us-east": 60.0}),
+    )
+    .await;
+    let (us_token, us_ticket) = join(&us, "offer-us-player-1", json!({"us-east": 15.0})).await;
+    let status = async |n: &Node, token: &str, ticket: &str| -> Value {
+        let (s, _, b) = call(
+            client()
+                .get(format!("{}/matchmaking/status?ticket_id={ticket}", n.url()))
+                .header("authorization", format!("Bearer {token}")),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        b
+    };
+    let mut eu_match = Value::Null;
+    let mut us_match = Value::Null;
+    let t = wait_for(
+        "both matched across regions",
+        Duration::from_secs(20),
+        async || {
+            let a = status(&eu, &eu_token, &eu_ticket).await;
+            let b = status(&us, &us_token, &us_ticket).await;
+            eu_match = a["match"].clone();
+            us_match = b["match"].clone();
+            a["status"] == "matched" && b["status"] == "matched"
+        },
+    )
+    .await;
+    eprintln!("matched across regions after {t:?}");
+    // One match, in the neighbour region, on its game server.
+    assert_eq!(
+        eu_match["session_id"], us_match["session_id"],
+        "{eu_match} {us_match}"
+    );
+    assert_eq!(eu_match["region"], "us-east", "{eu_match}");
+    assert_eq!(eu_match["port"], us_match["port"]);
+    assert!(eu_match["token"].is_string() && us_match["token"].is_string());
+    assert_ne!(eu_match["token"], us_match["token"]);
+    // The home region does not hold the ticket any more: no second match.
+    let (s, _, q) = call(
+        client()
+            .get(format!("{}/admin/matchmaking", eu.url()))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}")),
+    )
+    .await;
+    assert_eq!(s, 200, "{q}");
+    assert!(
+        !q.to_string().contains(&eu_ticket),
+        "the offered ticket is still queued at home: {q}"
+    );
+}

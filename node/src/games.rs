@@ -5,9 +5,13 @@
 //! and `/matchmaking/status`, and each session's report is applied once:
 //! ratings, the results leaderboard, XP/stats and coin rewards.
 //!
-//! Placement: this node places matches in its own region only; a ticket whose
-//! players have no acceptable latency to it is refused (422). Offering
-//! waiting tickets to neighbour regions over the mesh is not built yet.
+//! Placement: a ticket is queued in the region the client joined (its
+//! nearest); one whose players have no acceptable latency to it is refused
+//! (422). A ticket still waiting after its mode's `offer_after_s` is offered
+//! to the neighbour regions within the mode's latency limit
+//! ([`crate::offers`]): the home region owns it, a neighbour that forms a
+//! match with it must first claim it at home (which takes it out of the home
+//! queue atomically), so it is never in two matches.
 
 use crate::api::Shared;
 use crate::matchmaking::{
@@ -29,6 +33,11 @@ use uuid::Uuid;
 pub const PUSH_QUEUE_MAX: usize = 4096;
 /// Sessions kept for `/admin/sessions` (oldest finished dropped first).
 pub const SESSIONS_KEPT_MAX: usize = 10_000;
+/// A home region gives up on a claimed ticket whose assignment did not come
+/// within this (the player is told the ticket expired).
+pub const CLAIM_ASSIGNMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Offered tickets from other regions queued here at once; more are refused.
+pub const OFFERS_ADOPTED_MAX: usize = 10_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -256,6 +265,8 @@ allow_remote_region = false
 /// Where a matched ticket's players go.
 #[derive(Debug, Clone)]
 struct Assignment {
+    /// Region hosting the match (another one for an offered ticket).
+    region: String,
     session_id: Uuid,
     host: String,
     port: u16,
@@ -312,6 +323,44 @@ pub struct Games {
     queued: Mutex<BTreeMap<Uuid, Queued>>,
     sessions: Mutex<BTreeMap<Uuid, GameSession>>,
     pub push: tokio::sync::broadcast::Sender<Push>,
+    /// Home side: every region's latency of a queued ticket (for offers).
+    latencies: Mutex<HashMap<Uuid, BTreeMap<String, f64>>>,
+    /// Home side: tickets a neighbour claimed, until its assignment arrives.
+    claimed: Mutex<HashMap<Uuid, (String, Instant)>>,
+    /// Neighbour side: local ticket of an offered one → (home node, home ticket).
+    remote: Mutex<HashMap<Uuid, (String, Uuid)>>,
+}
+
+/// What one tick leaves for the async side ([`crate::offers`]).
+#[derive(Debug, Default)]
+pub struct TickOutcome {
+    /// Home tickets to offer.
+    pub offers: Vec<TicketOffer>,
+    /// Matches with offered tickets: their homes must agree before allocation.
+    pub remote_matches: Vec<ProposedMatch>,
+}
+
+/// A home ticket to offer to neighbour regions.
+#[derive(Debug, Clone)]
+pub struct TicketOffer {
+    pub ticket: Uuid,
+    pub mode: String,
+    pub players: Vec<Uuid>,
+    /// The client's measured latency to every region.
+    pub latencies: BTreeMap<String, f64>,
+}
+
+/// An assignment sent to the home region of an offered ticket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteAssignment {
+    pub home_ticket: Uuid,
+    pub region: String,
+    pub session_id: Uuid,
+    pub host: String,
+    pub port: u16,
+    pub players: Vec<Uuid>,
+    /// Session tokens of the ticket's players only.
+    pub tokens: HashMap<Uuid, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -456,6 +505,9 @@ impl Games {
                 queued: Mutex::new(BTreeMap::new()),
                 sessions: Mutex::new(BTreeMap::new()),
                 push,
+                latencies: Mutex::new(HashMap::new()),
+                claimed: Mutex::new(HashMap::new()),
+                remote: Mutex::new(HashMap::new()),
             },
             reports,
         ))
@@ -509,7 +561,143 @@ impl Games {
             Instant::now(),
         )?;
         lock(&self.queued).insert(ticket, (requester, mode.to_string(), chrono::Utc::now()));
+        lock(&self.latencies).insert(ticket, latencies.clone());
         Ok(ticket)
+    }
+
+    /// Neighbour side: queue a ticket offered by its home region, with this
+    /// region's latency. Returns the local ticket id.
+    pub fn adopt(
+        &self,
+        home: &str,
+        home_ticket: Uuid,
+        players: Vec<Uuid>,
+        mode: &str,
+        latency_ms: f64,
+    ) -> Result<Uuid, GamesError> {
+        if lock(&self.remote).len() >= OFFERS_ADOPTED_MAX {
+            return Err(JoinError::QueueFull {
+                mode: mode.to_string(),
+                max: OFFERS_ADOPTED_MAX,
+            }
+            .into());
+        }
+        let local = lock(&self.mm).submit(
+            TicketRequest {
+                players,
+                mode: mode.to_string(),
+                latencies_ms: BTreeMap::from([(self.region.clone(), latency_ms)]),
+            },
+            Instant::now(),
+        )?;
+        lock(&self.remote).insert(local, (home.to_string(), home_ticket));
+        Ok(local)
+    }
+
+    /// Home side: a neighbour wants `ticket` for a match. Granted only while
+    /// it is still searching here, and then it leaves this queue at once (so
+    /// it can never be in two matches).
+    pub fn claim(&self, ticket: Uuid, claimer: &str) -> bool {
+        let Some((requester, _, _)) = lock(&self.queued).get(&ticket).cloned() else {
+            return false;
+        };
+        let mut mm = lock(&self.mm);
+        if mm.cancel(ticket, requester, Instant::now()).is_err() {
+            return false;
+        }
+        lock(&self.claimed).insert(ticket, (claimer.to_string(), Instant::now()));
+        true
+    }
+
+    /// Home side: the neighbour allocated the match of a claimed ticket.
+    pub fn remote_assigned(&self, r: RemoteAssignment) {
+        if lock(&self.claimed).remove(&r.home_ticket).is_none() {
+            return;
+        }
+        lock(&self.queued).remove(&r.home_ticket);
+        lock(&self.latencies).remove(&r.home_ticket);
+        let a = Assignment {
+            region: r.region,
+            session_id: r.session_id,
+            host: r.host,
+            port: r.port,
+            players: r.players,
+            tokens: r.tokens,
+        };
+        lock(&self.assignments).insert(r.home_ticket, a.clone());
+        for p in a.tokens.keys() {
+            let _ = self.push.send(Push {
+                player_id: *p,
+                event: serde_json::json!({"type": "match_found", "match": self.match_json(&a, *p)}),
+            });
+        }
+    }
+
+    /// Neighbour side: the homes of a match's offered tickets, `(local
+    /// ticket, home node, home ticket)`.
+    pub fn remote_tickets(&self, m: &ProposedMatch) -> Vec<(Uuid, String, Uuid)> {
+        let remote = lock(&self.remote);
+        m.tickets
+            .iter()
+            .filter_map(|t| remote.get(t).map(|(h, ht)| (*t, h.clone(), *ht)))
+            .collect()
+    }
+
+    /// Neighbour side: every home agreed; allocate, and return what to tell
+    /// each home `(home node, assignment)`.
+    pub fn allocate_claimed(&self, m: ProposedMatch) -> Vec<(String, RemoteAssignment)> {
+        let homes = self.remote_tickets(&m);
+        let players_of: HashMap<Uuid, Vec<Uuid>> = {
+            let mm = lock(&self.mm);
+            homes
+                .iter()
+                .filter_map(|(t, _, _)| mm.ticket(*t, Instant::now()).map(|i| (*t, i.players)))
+                .collect()
+        };
+        let Some(a) = self.allocate(m) else {
+            return Vec::new();
+        };
+        let mut remote = lock(&self.remote);
+        homes
+            .into_iter()
+            .map(|(t, home, home_ticket)| {
+                remote.remove(&t);
+                let mine = players_of.get(&t).cloned().unwrap_or_default();
+                (
+                    home,
+                    RemoteAssignment {
+                        home_ticket,
+                        region: self.region.clone(),
+                        session_id: a.session_id,
+                        host: a.host.clone(),
+                        port: a.port,
+                        players: a.players.clone(),
+                        tokens: a
+                            .tokens
+                            .iter()
+                            .filter(|(p, _)| mine.contains(p))
+                            .map(|(p, t)| (*p, t.clone()))
+                            .collect(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Neighbour side: a home refused; the local tickets go back to the queue
+    /// and the refused offered tickets are dropped.
+    pub fn drop_remote_match(&self, m: &ProposedMatch, refused: &[Uuid]) {
+        let mut mm = lock(&self.mm);
+        mm.release_match(m);
+        let mut remote = lock(&self.remote);
+        for t in refused {
+            if let Some(info) = mm.ticket(*t, Instant::now()) {
+                if let Some(p) = info.players.first() {
+                    let _ = mm.cancel(*t, *p, Instant::now());
+                }
+            }
+            remote.remove(t);
+        }
     }
 
     pub fn cancel(&self, ticket: Uuid, requester: Uuid) -> Result<(), GamesError> {
@@ -526,7 +714,14 @@ impl Games {
         if !info.players.contains(&player) {
             return Err(GamesError::UnknownTicket);
         }
-        let (status, m) = match info.status {
+        // An offered ticket: matched in another region, or being placed there.
+        let remote = lock(&self.assignments).get(&ticket).cloned();
+        let status = match (&remote, lock(&self.claimed).contains_key(&ticket)) {
+            (Some(a), _) if a.region != self.region => TicketStatus::Matched(a.session_id),
+            (None, true) => TicketStatus::Searching,
+            _ => info.status,
+        };
+        let (status, m) = match status {
             TicketStatus::Searching => ("searching", None),
             TicketStatus::Cancelled => ("cancelled", None),
             TicketStatus::Expired => ("expired", None),
@@ -551,7 +746,7 @@ impl Games {
     fn match_json(&self, a: &Assignment, player: Uuid) -> serde_json::Value {
         serde_json::json!({
             "session_id": a.session_id,
-            "region": self.region,
+            "region": a.region,
             "host": a.host,
             "port": a.port,
             "token": a.tokens.get(&player),
@@ -559,10 +754,41 @@ impl Games {
         })
     }
 
-    /// One matcher pass: allocate every formed match.
-    pub fn tick(&self) {
+    /// One matcher pass: allocate every formed match; matches with offered
+    /// tickets and tickets to offer are left to [`crate::offers`].
+    pub fn tick(&self) -> TickOutcome {
         let report = lock(&self.mm).tick(Instant::now());
+        let mut out = TickOutcome::default();
+        // Claimed tickets whose assignment never came (the neighbour's match
+        // fell through): tell the players, the ticket is over.
+        let lost: Vec<Uuid> = lock(&self.claimed)
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() >= CLAIM_ASSIGNMENT_TIMEOUT)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in lost {
+            lock(&self.claimed).remove(&t);
+            lock(&self.latencies).remove(&t);
+            if let Some((player, mode, _)) = lock(&self.queued).remove(&t) {
+                let _ = self.push.send(Push {
+                    player_id: player,
+                    event: serde_json::json!({"type": "ticket_expired", "ticket_id": t, "game_mode": mode}),
+                });
+            }
+        }
+        for o in &report.offerable {
+            if let Some(lat) = lock(&self.latencies).get(&o.ticket_id) {
+                out.offers.push(TicketOffer {
+                    ticket: o.ticket_id,
+                    mode: o.mode.clone(),
+                    players: o.players.clone(),
+                    latencies: lat.clone(),
+                });
+            }
+        }
         for t in &report.expired {
+            lock(&self.remote).remove(t);
+            lock(&self.latencies).remove(t);
             if let Some((player, mode, _)) = lock(&self.queued).remove(t) {
                 let _ = self.push.send(Push {
                     player_id: player,
@@ -571,11 +797,16 @@ impl Games {
             }
         }
         for m in report.matches {
-            self.allocate(m);
+            if self.remote_tickets(&m).is_empty() {
+                self.allocate(m);
+            } else {
+                out.remote_matches.push(m);
+            }
         }
+        out
     }
 
-    fn allocate(&self, m: ProposedMatch) {
+    fn allocate(&self, m: ProposedMatch) -> Option<Assignment> {
         let spec = MatchSpec {
             mode: m.mode.clone(),
             teams: m.teams.clone(),
@@ -584,6 +815,7 @@ impl Games {
             Ok(alloc) => {
                 let players: Vec<Uuid> = m.teams.iter().flatten().copied().collect();
                 let a = Assignment {
+                    region: self.region.clone(),
                     session_id: alloc.session_id,
                     host: alloc.host.clone(),
                     port: alloc.port,
@@ -600,6 +832,7 @@ impl Games {
                     for t in &m.tickets {
                         assignments.insert(*t, a.clone());
                         queued.remove(t);
+                        lock(&self.latencies).remove(t);
                     }
                 }
                 self.record_session(GameSession {
@@ -623,11 +856,13 @@ impl Games {
                         event: serde_json::json!({"type": "match_found", "match": self.match_json(&a, *p)}),
                     });
                 }
+                Some(a)
             }
             Err(e) => {
                 tracing::warn!(error = %e, mode = %m.mode, "allocation failed; tickets requeued");
                 metrics::counter!("matches_allocation_failed_total").increment(1);
                 lock(&self.mm).release_match(&m);
+                None
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod games;
 pub mod matchmaking;
 pub mod node;
+pub mod offers;
 pub mod profiles;
 pub mod regions;
 pub mod replica;

@@ -231,6 +231,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
     });
     let client = state.with_mesh(|m| {
         crate::replica::register(&state, m);
+        crate::offers::register(&state, m);
         m.client()
     });
     if let Some(client) = client {
@@ -245,7 +246,10 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            tick_state.games.tick();
+            let out = tick_state.games.tick();
+            if !out.offers.is_empty() || !out.remote_matches.is_empty() {
+                tokio::spawn(crate::offers::after_tick(tick_state.clone(), out));
+            }
         }
     });
     let report_state = state.clone();
