@@ -33,10 +33,12 @@
 //!   [`EconomyError::Unavailable`] (503 + `Retry-After`). After a timeout the
 //!   outcome is unknown; a retry with the same idempotency key is safe.
 //! - **Idempotency**: every money/item write takes a key, scoped to the
-//!   player. The first *successful* result is stored with a SHA-256 of the
-//!   request body; the same key + body returns it (`replayed: true`), another
-//!   body is [`EconomyError::IdempotencyConflict`] (409). A request that
-//!   failed a business rule stores nothing and may be retried with its key.
+//!   player. The first result, success or business-rule refusal, is stored
+//!   with a SHA-256 of the request body; the same key + body returns it (a
+//!   receipt with `replayed: true`, or the same refusal), another body is
+//!   [`EconomyError::IdempotencyConflict`] (409). So a request a client saw
+//!   refused can never apply later, not even a delayed copy of it (found by
+//!   the simulator); trying again after a top-up takes a new key.
 //!   Keys are kept at least 24 h ([`IDEMPOTENCY_RETENTION_MS`]), at most
 //!   [`IDEMPOTENCY_KEYS_PER_PLAYER_MAX`] per player (oldest evicted first).
 //! - **Reads** (`wallet`, `inventory`, `transactions`) are linearizable: the

@@ -161,6 +161,10 @@ pub struct IdemRecord {
     pub body_hash: [u8; 32],
     pub receipt: Receipt,
     pub at_ms: i64,
+    /// The request's business-rule refusal (then `receipt` is empty): a
+    /// retry with the same key and body gets the same refusal, so a request
+    /// a client saw refused can never apply later (a delayed copy included).
+    pub error: Option<EconomyError>,
 }
 
 /// An open cross-shard transfer on the sender's shard.
@@ -492,7 +496,13 @@ impl ShardState {
         }
     }
 
-    fn remember(&mut self, player: &str, idem: &IdemTag, receipt: &Receipt, w: &mut Vec<Write>) {
+    fn remember(
+        &mut self,
+        player: &str,
+        idem: &IdemTag,
+        result: &Result<Receipt, EconomyError>,
+        w: &mut Vec<Write>,
+    ) {
         let full = self
             .idem
             .get(player)
@@ -511,8 +521,15 @@ impl ShardState {
             player: player.to_string(),
             key: idem.key.clone(),
             body_hash: idem.body_hash,
-            receipt: receipt.clone(),
+            receipt: result.clone().unwrap_or_else(|_| Receipt {
+                transaction_id: String::new(),
+                status: TxStatus::Failed,
+                balances: BTreeMap::new(),
+                items: Vec::new(),
+                replayed: false,
+            }),
             at_ms: self.now(),
+            error: result.as_ref().err().cloned(),
         };
         self.load_idem(rec);
         w.push(Write::IdemPut {
@@ -521,9 +538,10 @@ impl ShardState {
         });
     }
 
-    /// Runs `f` unless `(player, key)` was seen: then the stored receipt (same
-    /// body) or a conflict (other body). Only successes are remembered, so a
-    /// request that failed a business rule may be retried with its key.
+    /// Runs `f` unless `(player, key)` was seen: then the stored outcome (same
+    /// body) or a conflict (other body). Refusals are remembered too: a
+    /// request refused by a business rule stays refused under its key (a
+    /// client that wants to try again after a top-up uses a new key).
     fn idempotent(
         &mut self,
         player: &str,
@@ -535,13 +553,16 @@ impl ShardState {
             if rec.body_hash != idem.body_hash {
                 return Err(EconomyError::IdempotencyConflict);
             }
+            if let Some(e) = &rec.error {
+                return Err(e.clone());
+            }
             let mut r = rec.receipt.clone();
             r.replayed = true;
             return Ok(r);
         }
-        let receipt = f(self, w)?;
-        self.remember(player, idem, &receipt, w);
-        Ok(receipt)
+        let result = f(self, w);
+        self.remember(player, idem, &result, w);
+        result
     }
 
     fn tx(&self, id: &str, player: &str, kind: TxKind, status: TxStatus) -> Transaction {

@@ -112,7 +112,7 @@ async fn purchase_flow_and_errors() {
         .unwrap_err();
     assert!(matches!(e, EconomyError::InvalidQuantity { .. }));
     let e = eco
-        .purchase("p1", "potion", 6, "coins", "k")
+        .purchase("p1", "potion", 6, "coins", "k-limit")
         .await
         .unwrap_err();
     assert_eq!(e.code(), "limit_exceeded");
@@ -127,10 +127,33 @@ async fn purchase_flow_and_errors() {
         .unwrap_err();
     assert!(matches!(e, EconomyError::CurrencyMismatch { .. }));
     let e = eco
-        .purchase("p1", "potion", 1, "gems", "k")
+        .purchase("p1", "potion", 1, "gems", "k-gems")
         .await
         .unwrap_err();
     assert!(matches!(e, EconomyError::InsufficientFunds { .. }));
+    // A refusal is remembered under its key: after a top-up the same key
+    // still answers the refusal (a delayed copy can never apply later); a
+    // new key runs anew.
+    eco.grant(GrantRequest {
+        player_id: "p1".into(),
+        currency: Some("gems".into()),
+        amount: Some(5),
+        reason: "top-up".into(),
+        idempotency_key: "gems-1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = eco
+        .purchase("p1", "potion", 1, "gems", "k-gems")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, EconomyError::InsufficientFunds { .. }), "{e}");
+    let r = eco
+        .purchase("p1", "potion", 1, "gems", "k-gems-2")
+        .await
+        .unwrap();
+    assert_eq!(r.balances["gems"], 4);
     let e = eco
         .purchase("bad/id", "potion", 1, "coins", "k")
         .await
@@ -167,7 +190,8 @@ async fn purchase_flow_and_errors() {
 
     let inv = eco.inventory("p1").await.unwrap();
     assert_eq!(inv.len(), 3);
-    // grant, purchase, sword, grant item, consume = 5 transactions, newest first.
+    // grant, purchase, gems top-up, potion for gems, sword, grant item,
+    // consume = 7 transactions, newest first.
     let page = eco.transactions("p1", 2, None).await.unwrap();
     assert_eq!(page.transactions.len(), 2);
     assert_eq!(page.transactions[0].kind, TxKind::Consume);
@@ -178,8 +202,8 @@ async fn purchase_flow_and_errors() {
         all.extend(p.transactions);
         cursor = p.next_cursor;
     }
-    assert_eq!(all.len(), 5);
-    assert_eq!(all[4].kind, TxKind::Grant);
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[6].kind, TxKind::Grant);
     assert!(eco.transactions("p1", 2, Some("x/y")).await.is_err());
     eco.shutdown().await;
 }
