@@ -12,6 +12,7 @@ use common::bank::{wait_no_holds, Bank};
 use common::*;
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -176,36 +177,7 @@ async fn partition_in_network_namespaces_then_heal() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    let regions = ["eu-west", "us-east", "ap-south"];
-    let seeds = format!(
-        "[{}]",
-        (0..3)
-            .map(|i| format!("\"{}:7946\"", net.ip(i)))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let mut nodes = Vec::new();
-    for (i, region) in regions.iter().enumerate() {
-        let ip = net.ip(i);
-        let name = format!("node-{i}");
-        let mesh = format!("{ip}:7946");
-        let beacon = format!("{ip}:7778");
-        let addr: SocketAddr = format!("{ip}:7700").parse().unwrap();
-        nodes.push(Node::start_at(
-            &dir.path().join(&name),
-            &[
-                ("MERIDIAN_REGION", region),
-                ("MERIDIAN_NODE_NAME", &name),
-                ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
-                ("MERIDIAN_MESH__SEEDS", &seeds),
-                ("MERIDIAN_MESH_ADDR", &mesh),
-                ("MERIDIAN_BEACON_ADDR", &beacon),
-            ],
-            addr,
-            vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)],
-        ));
-    }
+    let nodes = start_in_namespaces(&net, dir.path(), &[]);
     wait_for("all alive before the partition", HEAL_WITHIN, async || {
         for n in &nodes {
             let s = states(n).await;
@@ -247,6 +219,49 @@ async fn partition_in_network_namespaces_then_heal() {
     .await;
     eprintln!("healed in {t:?}");
     drop(nodes);
+}
+
+/// Three nodes `node-0..2` (regions eu-west, us-east, ap-south), one per
+/// namespace of `net`, each seeding all three, with `extra` settings.
+fn start_in_namespaces(net: &Net, dir: &Path, extra: &[(&str, &str)]) -> Vec<Node> {
+    let ca = dir.join("ca");
+    let seeds = format!(
+        "[{}]",
+        (0..3)
+            .map(|i| format!("\"{}:7946\"", net.ip(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    ["eu-west", "us-east", "ap-south"]
+        .iter()
+        .enumerate()
+        .map(|(i, region)| {
+            let ip = net.ip(i);
+            let name = format!("node-{i}");
+            let (mesh, beacon, game) = (
+                format!("{ip}:7946"),
+                format!("{ip}:7778"),
+                format!("{ip}:7779"),
+            );
+            let mut env = vec![
+                ("MERIDIAN_REGION", *region),
+                ("MERIDIAN_NODE_NAME", name.as_str()),
+                ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
+                ("MERIDIAN_MESH__SEEDS", seeds.as_str()),
+                ("MERIDIAN_MESH_ADDR", mesh.as_str()),
+                ("MERIDIAN_BEACON_ADDR", beacon.as_str()),
+                ("MERIDIAN_GAME_ADDR", game.as_str()),
+            ];
+            env.extend_from_slice(extra);
+            let addr: SocketAddr = format!("{ip}:7700").parse().unwrap();
+            Node::start_at(
+                &dir.join(&name),
+                &env,
+                addr,
+                vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)],
+            )
+        })
+        .collect()
 }
 
 fn require_netns(e: String, test: &str) {
@@ -324,35 +339,11 @@ async fn partition_minority_serves_crdts_refuses_money_then_converges() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    let regions = ["eu-west", "us-east", "ap-south"];
-    let seeds = format!(
-        "[{}]",
-        (0..3)
-            .map(|i| format!("\"{}:7946\"", net.ip(i)))
-            .collect::<Vec<_>>()
-            .join(",")
+    let nodes = start_in_namespaces(
+        &net,
+        dir.path(),
+        &[("MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT", "3")],
     );
-    let mut nodes = Vec::new();
-    for (i, region) in regions.iter().enumerate() {
-        let ip = net.ip(i);
-        let name = format!("node-{i}");
-        nodes.push(Node::start_at(
-            &dir.path().join(&name),
-            &[
-                ("MERIDIAN_REGION", region),
-                ("MERIDIAN_NODE_NAME", &name),
-                ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
-                ("MERIDIAN_MESH__SEEDS", &seeds),
-                ("MERIDIAN_MESH_ADDR", &format!("{ip}:7946")),
-                ("MERIDIAN_BEACON_ADDR", &format!("{ip}:7778")),
-                ("MERIDIAN_GAME_ADDR", &format!("{ip}:7779")),
-                ("MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT", "3"),
-            ],
-            format!("{ip}:7700").parse().unwrap(),
-            vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)],
-        ));
-    }
     wait_for("economy with 3 voters per shard", HEAL_WITHIN, async || {
         economy_formed(&nodes[0]).await && economy_formed(&nodes[2]).await
     })
@@ -601,35 +592,11 @@ async fn bank_workload_through_a_partition_and_a_leader_kill_9() {
         Err(e) => return require_netns(e, "bank_workload_through_a_partition_and_a_leader_kill_9"),
     };
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    let regions = ["eu-west", "us-east", "ap-south"];
-    let seeds = format!(
-        "[{}]",
-        (0..3)
-            .map(|i| format!("\"{}:7946\"", net.ip(i)))
-            .collect::<Vec<_>>()
-            .join(",")
+    let mut nodes = start_in_namespaces(
+        &net,
+        dir.path(),
+        &[("MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT", "3")],
     );
-    let mut nodes = Vec::new();
-    for (i, region) in regions.iter().enumerate() {
-        let ip = net.ip(i);
-        let name = format!("node-{i}");
-        nodes.push(Node::start_at(
-            &dir.path().join(&name),
-            &[
-                ("MERIDIAN_REGION", region),
-                ("MERIDIAN_NODE_NAME", &name),
-                ("MERIDIAN_MESH__CA_DIR", ca.to_str().unwrap()),
-                ("MERIDIAN_MESH__SEEDS", &seeds),
-                ("MERIDIAN_MESH_ADDR", &format!("{ip}:7946")),
-                ("MERIDIAN_BEACON_ADDR", &format!("{ip}:7778")),
-                ("MERIDIAN_GAME_ADDR", &format!("{ip}:7779")),
-                ("MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT", "3"),
-            ],
-            format!("{ip}:7700").parse().unwrap(),
-            vec!["ip".into(), "netns".into(), "exec".into(), net.ns(i)],
-        ));
-    }
     wait_for("economy with 3 voters per shard", HEAL_WITHIN, async || {
         economy_formed(&nodes[0]).await && economy_formed(&nodes[2]).await
     })
@@ -637,14 +604,7 @@ async fn bank_workload_through_a_partition_and_a_leader_kill_9() {
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
     let bank = Bank::open(&urls, 6, 1_000).await;
     let leader_of = async |n: &Node| -> Option<usize> {
-        let sh = common::bank::shards(&n.url()).await?;
-        let s = sh.first()?;
-        let l = s["leader"].as_u64()?;
-        let i = s["voters"]
-            .as_array()?
-            .iter()
-            .position(|v| v.as_u64() == Some(l))?;
-        let name = s["voter_names"].as_array()?.get(i)?.as_str()?.to_string();
+        let name = common::bank::leader_name(&n.url(), 0).await?;
         name.strip_prefix("node-")?.parse().ok()
     };
     let first_leader = leader_of(&nodes[0]).await.expect("a leader");

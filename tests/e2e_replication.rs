@@ -80,17 +80,7 @@ async fn cluster_formed(n: &Node) -> bool {
 
 /// The node name leading shard 0, as node `n` sees it.
 async fn leader_of_shard0(n: &Node) -> Option<String> {
-    let sh = shards(n).await?;
-    let s = sh.first()?;
-    let leader = s["leader"].as_u64()?;
-    let voters = s["voters"].as_array()?;
-    let names = s["voter_names"].as_array()?;
-    voters
-        .iter()
-        .position(|v| v.as_u64() == Some(leader))
-        .and_then(|i| names.get(i))
-        .and_then(|n| n.as_str())
-        .map(str::to_string)
+    common::bank::leader_name(&n.url(), 0).await
 }
 
 async fn login(base: &str, username: &str, password: &str) -> (u16, Value) {
@@ -614,20 +604,7 @@ async fn shard_leadership_moves_to_the_region_where_writes_come_in() {
     let me = reg["player_id"].as_str().unwrap().to_string();
     // Which shard holds this player, and who leads it.
     let leader_of_player = async |n: &Node| -> Option<String> {
-        let sh = shards(n).await?;
-        let s = sh
-            .iter()
-            .find(|s| s["shard"].as_u64() == Some(shard_of_player(&me)))?;
-        let l = s["leader"].as_u64()?;
-        let i = s["voters"]
-            .as_array()?
-            .iter()
-            .position(|v| v.as_u64() == Some(l))?;
-        s["voter_names"]
-            .as_array()?
-            .get(i)?
-            .as_str()
-            .map(str::to_string)
+        common::bank::leader_name(&n.url(), shard_of_player(&me)).await
     };
     let before = leader_of_player(&nodes[0]).await.expect("a leader");
     // All writes come in at a region that does not lead the shard.

@@ -43,6 +43,22 @@ pub async fn shards(url: &str) -> Option<Vec<Value>> {
     v["shards"].as_array().cloned()
 }
 
+/// The node name leading `shard`, as the node at `url` sees it.
+pub async fn leader_name(url: &str, shard: u64) -> Option<String> {
+    let sh = shards(url).await?;
+    let s = sh.iter().find(|s| s["shard"].as_u64() == Some(shard))?;
+    let leader = s["leader"].as_u64()?;
+    let i = s["voters"]
+        .as_array()?
+        .iter()
+        .position(|v| v.as_u64() == Some(leader))?;
+    s["voter_names"]
+        .as_array()?
+        .get(i)?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Wait until no shard has an open cross-shard hold on any of `urls`
 /// (transfers cut mid-way are resolved by the shard leaders' recovery).
 pub async fn wait_no_holds(urls: &[String], within: Duration) -> Duration {
