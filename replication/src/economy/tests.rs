@@ -476,26 +476,23 @@ async fn no_leader_fails_fast_and_retryable() {
     eco.shutdown().await;
 }
 
-/// Three nodes in one process over the in-process network: replication to
-/// followers, forwarding from a follower, fail-over when the leader stops,
-/// and a restarted node catching up (by snapshot once the log is purged).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_replicate_fail_over_and_catch_up() {
-    use std::collections::BTreeMap;
-    let net = InProcessNetwork::new();
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let members: BTreeMap<NodeId, String> = (1..=3).map(|i| (i, format!("n{i}"))).collect();
-    let cfg = |id: NodeId| EconomyConfig {
+/// Node `id` (1..=3) of a one-shard, three-voter cluster on `net`.
+fn member_config(net: &std::sync::Arc<InProcessNetwork>, id: NodeId) -> EconomyConfig {
+    EconomyConfig {
         shards: 1,
         node_id: id,
         node_addr: format!("n{id}"),
-        bootstrap_members: members.clone(),
+        bootstrap_members: (1..=3).map(|i| (i, format!("n{i}"))).collect(),
         transport: RaftTransport::InProcess(net.clone()),
-        snapshot_logs_since_last: 20,
-        log_entries_kept_after_snapshot: 5,
-        leader_wait_ms: 2_000,
         ..config()
-    };
+    }
+}
+
+/// Open nodes 1..=3 at once, one store per dir.
+async fn open_three(
+    dirs: &[tempfile::TempDir],
+    cfg: impl Fn(NodeId) -> EconomyConfig,
+) -> [Economy; 3] {
     let (s1, s2, s3) = (
         open_storage(dirs[0].path()).await,
         open_storage(dirs[1].path()).await,
@@ -506,8 +503,27 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
         Economy::open(s2, cfg(2)),
         Economy::open(s3, cfg(3))
     );
-    let mut nodes: Vec<Option<Economy>> =
-        vec![Some(e1.unwrap()), Some(e2.unwrap()), Some(e3.unwrap())];
+    [e1.unwrap(), e2.unwrap(), e3.unwrap()]
+}
+
+/// Three nodes in one process over the in-process network: replication to
+/// followers, forwarding from a follower, fail-over when the leader stops,
+/// and a restarted node catching up (by snapshot once the log is purged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_fail_over_and_catch_up() {
+    let net = InProcessNetwork::new();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfg = |id: NodeId| EconomyConfig {
+        snapshot_logs_since_last: 20,
+        log_entries_kept_after_snapshot: 5,
+        leader_wait_ms: 2_000,
+        ..member_config(&net, id)
+    };
+    let mut nodes: Vec<Option<Economy>> = open_three(&dirs, &cfg)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
     let leader_of = |nodes: &Vec<Option<Economy>>| -> Option<NodeId> {
         nodes.iter().flatten().find_map(|e| {
             let info = &e.shards()[0];
@@ -967,29 +983,9 @@ async fn name_directory_claims_are_unique_idempotent_and_survive_restart() {
 /// the shard over to it; writes keep working (forwarded) and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_follows_the_writes() {
-    use std::collections::BTreeMap;
     let net = InProcessNetwork::new();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let members: BTreeMap<NodeId, String> = (1..=3).map(|i| (i, format!("n{i}"))).collect();
-    let cfg = |id: NodeId| EconomyConfig {
-        shards: 1,
-        node_id: id,
-        node_addr: format!("n{id}"),
-        bootstrap_members: members.clone(),
-        transport: RaftTransport::InProcess(net.clone()),
-        ..config()
-    };
-    let (s1, s2, s3) = (
-        open_storage(dirs[0].path()).await,
-        open_storage(dirs[1].path()).await,
-        open_storage(dirs[2].path()).await,
-    );
-    let (e1, e2, e3) = tokio::join!(
-        Economy::open(s1, cfg(1)),
-        Economy::open(s2, cfg(2)),
-        Economy::open(s3, cfg(3))
-    );
-    let nodes = [e1.unwrap(), e2.unwrap(), e3.unwrap()];
+    let nodes = open_three(&dirs, |id| member_config(&net, id)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let leader = loop {
         if let Some(l) = nodes[0].shards()[0].leader {
