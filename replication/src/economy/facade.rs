@@ -344,24 +344,6 @@ impl Economy {
                     return Err(e);
                 }
             };
-            if cfg.bootstrap && !raft.is_initialized().await.unwrap_or(true) {
-                let members: BTreeMap<NodeId, BasicNode> = if cfg.bootstrap_members.is_empty() {
-                    BTreeMap::from([(
-                        cfg.node_id,
-                        BasicNode {
-                            addr: cfg.node_addr.clone(),
-                        },
-                    )])
-                } else {
-                    cfg.bootstrap_members
-                        .iter()
-                        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-                        .collect()
-                };
-                if let Err(e) = raft.initialize(members).await {
-                    tracing::warn!(shard = id, error = %e, "economy shard initialize");
-                }
-            }
             list.push(Shard {
                 id,
                 raft,
@@ -388,6 +370,15 @@ impl Economy {
             );
         }
         let economy = Economy { inner };
+        if economy.inner.cfg.bootstrap {
+            let cfg = &economy.inner.cfg;
+            let members = if cfg.bootstrap_members.is_empty() {
+                BTreeMap::from([(cfg.node_id, cfg.node_addr.clone())])
+            } else {
+                cfg.bootstrap_members.clone()
+            };
+            economy.initialize(&members).await;
+        }
         economy.wait_ready().await;
         let weak = Arc::downgrade(&economy.inner);
         let period = Duration::from_millis(economy.inner.cfg.recovery_interval_ms.max(10));
