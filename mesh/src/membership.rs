@@ -119,6 +119,57 @@ impl foca::Identity for NodeIdentity {
     }
 }
 
+/// Ends suspicions that foca forgot to time out.
+///
+/// foca declares a suspect down with a timer, and it invalidates every pending timer when it
+/// goes idle, undead or rejoins (it bumps its timer token). A member suspected just before
+/// that stays `Suspect` in this node's view for good unless the member itself refutes, which
+/// it cannot when it never hears of the suspicion: the member is then neither alive nor down
+/// here while every other node sees it alive (found by the simulator, `meridian-sim`). Call
+/// [`SuspicionSweep::expired`] periodically with the membership and apply what it returns with
+/// `Foca::apply_many`: a member suspect for longer than [`SUSPICION_SWEEP_AFTER`] at the same
+/// incarnation is declared down, learns it (foca's announce to down members) and rejoins with a
+/// renewed identity, as after any other false suspicion.
+#[derive(Debug, Default)]
+pub struct SuspicionSweep {
+    since: HashMap<NodeIdentity, (foca::Incarnation, tokio::time::Instant)>,
+}
+
+/// A suspicion older than this is stale (the timer would have fired after
+/// [`SUSPECT_TO_DOWN_AFTER`]); two probe periods of slack.
+pub const SUSPICION_SWEEP_AFTER: Duration = Duration::from_millis(
+    SUSPECT_TO_DOWN_AFTER.as_millis() as u64 + 2 * PROBE_PERIOD.as_millis() as u64,
+);
+
+impl SuspicionSweep {
+    /// The members to declare down now. `now` is tokio's clock (simulated under turmoil).
+    pub fn expired<'a>(
+        &mut self,
+        members: impl Iterator<Item = &'a foca::Member<NodeIdentity>>,
+        now: tokio::time::Instant,
+    ) -> Vec<foca::Member<NodeIdentity>> {
+        let mut seen = HashMap::with_capacity(self.since.len());
+        let mut out = Vec::new();
+        for m in members {
+            if m.state() != foca::State::Suspect {
+                continue;
+            }
+            let inc = m.incarnation();
+            let start = match self.since.get(m.id()) {
+                Some((i, t)) if *i == inc => *t,
+                _ => now,
+            };
+            if now.duration_since(start) >= SUSPICION_SWEEP_AFTER {
+                out.push(foca::Member::new(m.id().clone(), inc, foca::State::Down));
+            } else {
+                seen.insert(m.id().clone(), (inc, start));
+            }
+        }
+        self.since = seen;
+        out
+    }
+}
+
 /// What a node advertises about itself, gossiped to every member.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeMetadata {
@@ -403,6 +454,7 @@ pub(crate) async fn run(p: LoopParams) {
     let mut tick = tokio::time::interval(SNAPSHOT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_meta_refresh = Instant::now();
+    let mut suspicions = SuspicionSweep::default();
 
     loop {
         tokio::select! {
@@ -437,6 +489,16 @@ pub(crate) async fn run(p: LoopParams) {
             },
             _ = tick.tick() => {
                 l.dirty = true;
+                let stale = suspicions.expired(l.foca.iter_membership_state(), tokio::time::Instant::now());
+                if !stale.is_empty() {
+                    for m in &stale {
+                        MeshStats::inc(&l.stats.swim_stale_suspicions_expired);
+                        tracing::warn!(node = %m.id().node_id, "mesh: suspicion outlived its timer; declaring the member down");
+                    }
+                    if let Err(e) = l.foca.apply_many(stale.into_iter(), true, &mut l.rt) {
+                        tracing::debug!(error = %e, "mesh: applying expired suspicions failed");
+                    }
+                }
                 let now = Instant::now();
                 if l.foca.num_members() == 0 {
                     if joined {
@@ -660,6 +722,55 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_suspicions_expire_and_fresh_ones_do_not() {
+        let id = |n: &str| NodeIdentity {
+            node_id: n.into(),
+            region: "r".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            incarnation: 1,
+            version: PROTOCOL_VERSION,
+        };
+        let (a, b) = (id("a"), id("b"));
+        let t0 = tokio::time::Instant::now();
+        let mut sweep = SuspicionSweep::default();
+        let view = |sa: foca::State, inc_a: u16, sb: foca::State| {
+            vec![
+                foca::Member::new(a.clone(), inc_a, sa),
+                foca::Member::new(b.clone(), 0, sb),
+            ]
+        };
+        use foca::State::{Alive, Suspect};
+        assert!(sweep.expired(view(Suspect, 0, Alive).iter(), t0).is_empty());
+        // Just before the bound: still a fresh suspicion.
+        let almost = t0 + SUSPICION_SWEEP_AFTER - Duration::from_millis(1);
+        assert!(sweep
+            .expired(view(Suspect, 0, Suspect).iter(), almost)
+            .is_empty());
+        // At the bound: `a` (suspect since t0) is declared down at its incarnation; `b` (suspect
+        // since `almost`) is not.
+        let due = sweep.expired(view(Suspect, 0, Suspect).iter(), t0 + SUSPICION_SWEEP_AFTER);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id(), &a);
+        assert_eq!(due[0].state(), foca::State::Down);
+        // A refutation (higher incarnation, suspected again) restarts the clock.
+        let later = t0 + SUSPICION_SWEEP_AFTER * 2;
+        assert!(sweep
+            .expired(view(Suspect, 1, Alive).iter(), later)
+            .is_empty());
+        assert!(sweep
+            .expired(
+                view(Suspect, 1, Alive).iter(),
+                later + SUSPICION_SWEEP_AFTER / 2
+            )
+            .is_empty());
+        // A member that turned alive is forgotten.
+        assert!(sweep
+            .expired(view(Alive, 1, Alive).iter(), later)
+            .is_empty());
+        assert!(sweep.since.is_empty());
+    }
 
     #[test]
     fn incarnation_always_grows() {

@@ -49,6 +49,9 @@ stats_struct!(
         swim_probes,
         /// Suspicions raised (a member went suspect; it turns down unless refuted in time).
         swim_suspicions,
+        /// Suspicions that outlived their timer (foca dropped it on going idle or rejoining)
+        /// and were turned into down by the mesh's sweep ([`crate::membership::SuspicionSweep`]).
+        swim_stale_suspicions_expired,
         /// Members that went from alive to down (foca `MemberDown`).
         members_down_events,
         /// Members that came up (foca `MemberUp`).

@@ -87,6 +87,15 @@ pub struct EconomySection {
     pub leader_wait_ms: u64,
     /// How long a write waits for its commit before a 503.
     pub commit_timeout_ms: u64,
+    /// Raft heartbeat interval. openraft also uses it as the timeout of every
+    /// AppendEntries call, so it must be above the largest round trip between
+    /// two regions that share shards (with a margin): a shorter one makes
+    /// every answer from a far voter time out, and a far voter that raised its
+    /// term while cut off then stays a candidate after the heal (found by
+    /// `meridian-sim`). Elections time out after 3–6 heartbeats.
+    /// `GET /admin/replication` lists peers whose measured RTT is above 80 %
+    /// of it. 20..=5000.
+    pub heartbeat_interval_ms: u64,
     /// The store catalog (`[[economy.catalog.items]]`); a small demo catalog
     /// when empty.
     pub catalog: meridian_replication::economy::Catalog,
@@ -124,6 +133,7 @@ impl Default for EconomySection {
             shards: meridian_replication::economy::SHARDS_DEFAULT,
             leader_wait_ms: 2_000,
             commit_timeout_ms: 5_000,
+            heartbeat_interval_ms: 250,
             catalog: Default::default(),
             bootstrap_expect: 1,
             voters_per_shard: 3,
@@ -443,6 +453,9 @@ impl Config {
         if !matches!(self.log_format.as_str(), "auto" | "text" | "json") {
             anyhow::bail!("config: log_format must be auto, text or json");
         }
+        if !(20..=5_000).contains(&self.economy.heartbeat_interval_ms) {
+            anyhow::bail!("config: economy.heartbeat_interval_ms must be 20..=5000");
+        }
         if self.auth.access_token_ttl_s == 0 || self.auth.access_token_ttl_s > 24 * 3600 {
             anyhow::bail!("config: auth.access_token_ttl_s must be 1..=86400");
         }
@@ -503,6 +516,26 @@ mod tests {
         assert_eq!(c.http_addr.unwrap().port(), 9000);
         assert_eq!(c.auth.access_token_ttl_s, 60);
         assert!(!c.rate_limits.enabled);
+    }
+
+    #[test]
+    fn raft_heartbeat_bounds_are_enforced_at_their_edges() {
+        let with = |v: &str| {
+            load(
+                None,
+                env(&[("MERIDIAN_ECONOMY__HEARTBEAT_INTERVAL_MS", v)]),
+                &Overrides::default(),
+            )
+        };
+        assert_eq!(with("20").unwrap().economy.heartbeat_interval_ms, 20);
+        assert_eq!(with("5000").unwrap().economy.heartbeat_interval_ms, 5_000);
+        for bad in ["19", "5001", "0"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("economy.heartbeat_interval_ms"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -142,6 +142,10 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
             catalog: catalog_cfg,
             leader_wait_ms: cfg.economy.leader_wait_ms,
             commit_timeout_ms: cfg.economy.commit_timeout_ms,
+            heartbeat_interval_ms: cfg.economy.heartbeat_interval_ms,
+            // A leader refuses writes when its last quorum ack is older than
+            // this; acks come once per heartbeat.
+            quorum_ack_max_age_ms: (4 * cfg.economy.heartbeat_interval_ms).max(1_000),
             node_id: crate::replica::raft_id(&cfg.node_name()),
             node_addr: cfg.node_name(),
             // A cluster of several founders is founded later, by the

@@ -346,7 +346,10 @@ pub fn view(state: &Shared) -> Result<serde_json::Value, StoreError> {
             serde_json::json!({"epoch": epoch, "version": version}),
         );
     }
+    let heartbeat = state.cfg.economy.heartbeat_interval_ms;
     Ok(serde_json::json!({
+        "raft_heartbeat_interval_ms": heartbeat,
+        "peers_slower_than_heartbeat": peers_slower_than_heartbeat(state),
         "feed_epoch": state.storage.feed_epoch(),
         "feed_version": state.storage.feed_version(),
         "leaderboard_version": state.leaderboards.version(),
@@ -362,6 +365,22 @@ pub fn view(state: &Shared) -> Result<serde_json::Value, StoreError> {
         "voter_changes": get(&st.voter_changes),
         "leader_moves": get(&st.leader_moves),
     }))
+}
+
+/// Peers whose smoothed mesh RTT is above 80 % of the Raft heartbeat
+/// interval (which is also openraft's AppendEntries timeout): Raft traffic to
+/// them times out. Raise `economy.heartbeat_interval_ms` above the largest RTT.
+pub fn peers_slower_than_heartbeat(state: &Shared) -> Vec<String> {
+    let limit = state.cfg.economy.heartbeat_interval_ms as f64 * 0.8;
+    state
+        .with_mesh(|mesh| {
+            mesh.members()
+                .into_iter()
+                .filter(|m| !m.is_self && m.rtt_ms.is_some_and(|r| r > limit))
+                .map(|m| m.node_id)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Most cursors `/admin/replication` lists.
@@ -836,8 +855,16 @@ async fn economy_manager(weak: Weak<crate::api::AppState>, client: MeshClient) {
     let mut down_since: HashMap<String, Instant> = HashMap::new();
     let mut advertised = 0u64;
     let mut last_balance = Instant::now();
+    let mut slow_peers: Vec<String> = Vec::new();
     loop {
         let Some(state) = weak.upgrade() else { return };
+        let slow = peers_slower_than_heartbeat(&state);
+        if slow != slow_peers {
+            if !slow.is_empty() {
+                tracing::warn!(peers = ?slow, heartbeat_interval_ms = state.cfg.economy.heartbeat_interval_ms, "Raft traffic to these peers times out: their RTT is near or above economy.heartbeat_interval_ms; raise it above the largest RTT between regions");
+            }
+            slow_peers = slow;
+        }
         let period = Duration::from_millis(state.cfg.economy.placement_interval_ms.max(50));
         let me = state.cfg.node_name();
         let members = client.members();

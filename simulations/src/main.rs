@@ -100,10 +100,6 @@ struct Args {
     /// Write every seed's trace to --trace-dir, not only failing ones.
     #[arg(long)]
     trace_all: bool,
-    /// Do not restart minority shard leaders in the liveness phase (shows
-    /// that split leaders leave cross-shard transfers pending).
-    #[arg(long)]
-    no_colocate: bool,
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
@@ -111,6 +107,12 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    if std::env::var_os("MERIDIAN_SIM_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("MERIDIAN_SIM_LOG"))
+            .with_ansi(false)
+            .init();
+    }
     if args.list_bugs {
         for b in Bug::ALL {
             println!("{}", b.name());
@@ -172,7 +174,6 @@ fn main() {
         },
         workload,
         bug,
-        colocate_leaders: !args.no_colocate,
     };
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],
@@ -261,9 +262,6 @@ fn main() {
     if args.dup_client {
         replay_args.push_str(" --dup-client");
     }
-    if args.no_colocate {
-        replay_args.push_str(" --no-colocate");
-    }
     if let Some(b) = &args.inject_bug {
         replay_args.push_str(&format!(" --inject-bug {b}"));
     }
@@ -347,8 +345,7 @@ fn main() {
         args.threads
     );
     let shared_terms: u64 = reports.iter().map(|r| r.shared_terms).sum();
-    let colocations: u64 = reports.iter().map(|r| r.colocations).sum();
-    println!("operations: {ops}, faults injected: {faults}, terms with two leaders (openraft (term,node) ids): {shared_terms}, liveness leader co-location restarts: {colocations}");
+    println!("operations: {ops}, faults injected: {faults}, terms with two leaders (openraft (term,node) ids): {shared_terms}");
     println!(
         "staleness (ack -> visible on every live node): p50 {p50} ms, p99 {p99} ms, max {max} ms"
     );
