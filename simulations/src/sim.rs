@@ -69,16 +69,25 @@ pub enum Bug {
     StaleDeltaWins,
     /// Every third score submission is acknowledged without being written.
     DropAckedScore,
+    /// n0's Raft log store is off by one: each newly applied entry is also
+    /// written into the slot before it, overwriting a committed entry.
+    OverwriteCommitted,
+    /// The SWIM driver keeps its down list by node name instead of identity
+    /// (name + incarnation): a member once declared down stays out of the
+    /// node's alive view after it restarts or rejoins with a new incarnation.
+    DownListByName,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 8] = [
         Bug::ApplyTransferTwice,
         Bug::SkipIdempotency,
         Bug::AckBeforeCommit,
         Bug::StaleReadCache,
         Bug::StaleDeltaWins,
         Bug::DropAckedScore,
+        Bug::OverwriteCommitted,
+        Bug::DownListByName,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -88,6 +97,8 @@ impl Bug {
             Bug::StaleReadCache => "stale-read-cache",
             Bug::StaleDeltaWins => "stale-delta-wins",
             Bug::DropAckedScore => "drop-acked-score",
+            Bug::OverwriteCommitted => "overwrite-committed-entry",
+            Bug::DownListByName => "down-list-by-name",
         }
     }
     /// The invariant meant to catch it.
@@ -97,8 +108,12 @@ impl Bug {
                 Invariant::Bank
             }
             Bug::StaleReadCache => Invariant::Linearizable,
-            Bug::StaleDeltaWins => Invariant::CrdtConvergence,
+            // Every replica applies the same wrong merge, so replicas still
+            // converge (to the older value): acknowledged writes are lost.
+            Bug::StaleDeltaWins => Invariant::LostWrite,
             Bug::DropAckedScore => Invariant::LostWrite,
+            Bug::OverwriteCommitted => Invariant::RaftSafety,
+            Bug::DownListByName => Invariant::Membership,
         }
     }
     pub fn parse(s: &str) -> Option<Bug> {
@@ -1214,6 +1229,8 @@ async fn swim_main(
     };
     let rng = rand::rngs::StdRng::seed_from_u64(shared.cfg.seed ^ ((idx as u64) << 32) ^ inc);
     let mut foca = Foca::new(ident(idx, me, inc), swim_config(), rng, PostcardCodec);
+    let by_name = shared.cfg.bug == Some(Bug::DownListByName);
+    let mut down_names: BTreeSet<String> = BTreeSet::new();
     let mut rt = AccumulatingRuntime::new();
     let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeIdentity>>();
     let mut loss = SimRng::new(shared.cfg.seed ^ 0x5717 ^ ((idx as u64) << 16) ^ inc);
@@ -1260,10 +1277,13 @@ async fn swim_main(
         }
         while let Some(n) = rt.to_notify() {
             tracing::debug!(node = idx, "swim notification {n:?}");
+            if let (true, foca::OwnedNotification::MemberDown(id)) = (by_name, &n) {
+                down_names.insert(id.node_id.clone());
+            }
         }
         let now: BTreeSet<String> = foca
             .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Alive)
+            .filter(|m| m.state() == foca::State::Alive && !down_names.contains(&m.id().node_id))
             .map(|m| m.id().node_id.clone())
             .collect();
         *alive.borrow_mut() = now;
@@ -1756,6 +1776,13 @@ fn check_raft(sh: &Shared, obs: &mut RaftObs, out: &mut Vec<Violation>, t_ms: u6
                 }
             }
             let applied = s.last_applied_index.unwrap_or(0);
+            if i == 0 && applied >= 2 && sh.cfg.bug == Some(Bug::OverwriteCommitted) {
+                if let Ok(Some(last)) = st.get(&raft_log_key(s.shard, applied)) {
+                    let mut b = meridian_replication::store::Batch::new();
+                    b.put(raft_log_key(s.shard, applied - 1), last);
+                    let _ = st.commit_nosync(&b);
+                }
+            }
             let cur = obs.cursor.entry((i, s.shard)).or_insert(0);
             let from = (*cur + 1).max(applied.saturating_sub(200));
             for idx in from..=applied {
@@ -1778,6 +1805,29 @@ fn check_raft(sh: &Shared, obs: &mut RaftObs, out: &mut Vec<Violation>, t_ms: u6
                 }
             }
             *cur = (*cur).max(applied);
+        }
+    }
+}
+
+/// At the end of a seed: every committed entry still in a node's log (not
+/// purged by a snapshot) must hash as it did when first seen, so an entry
+/// rewritten after the every-10-ms check passed it is caught too.
+fn recheck_committed(sh: &Shared, obs: &RaftObs, out: &mut Vec<Violation>, t_ms: u64) {
+    let slots = sh.nodes.borrow();
+    for (i, slot) in slots.iter().enumerate() {
+        let Some(st) = &slot.storage else { continue };
+        for ((shard, idx), h) in &obs.committed {
+            if let Ok(Some(bytes)) = st.get(&raft_log_key(*shard, *idx)) {
+                let now: [u8; 32] = Sha256::digest(&bytes).into();
+                if now != *h {
+                    out.push(Violation {
+                        invariant: Invariant::RaftSafety,
+                        at_ms: t_ms,
+                        detail: format!("shard {shard} committed index {idx} changed on n{i}"),
+                    });
+                    return;
+                }
+            }
         }
     }
 }
@@ -2216,6 +2266,7 @@ pub fn run_seed(cfg: &SimConfig) -> SeedReport {
             });
         }
     }
+    recheck_committed(&shared, &obs, &mut violations, end_ms);
     let (bank, lin_unknown) = check_bank(&shared);
     for v in bank {
         log(
