@@ -1,7 +1,7 @@
 //! The simulator's own guarantees: same seed → same trace hash, a small
 //! CI batch passes, and every injected bug is caught within a few seeds.
 
-use meridian_sim::sim::{run_seed, Bug, Invariant, SimConfig};
+use meridian_sim::sim::{run_seed, Bug, SimConfig};
 
 /// A short configuration so the debug-build test stays fast.
 fn short(seed: u64) -> SimConfig {
