@@ -153,8 +153,8 @@ pub struct ScaleConfig {
     /// Turmoil hosts the members are spread over (member `i` on host
     /// `i mod hosts`, port [`SWIM_PORT`] + `i / hosts`).
     pub hosts: usize,
-    /// Members every other member joins through (`n0..`), like the mesh's
-    /// configured seeds.
+    /// Members every other member joins through (`n0..`, at most N-1),
+    /// like the mesh's configured seeds.
     pub seeds: usize,
     /// Members crashed after the steady window.
     pub crashes: usize,
@@ -195,6 +195,11 @@ impl ScaleConfig {
     /// Largest `--nodes` accepted.
     pub const MAX_NODES: usize = 10_000;
 
+    /// Join seeds in use: `seeds`, at most every member but one.
+    pub fn join_seeds(&self) -> usize {
+        self.seeds.min(self.nodes.saturating_sub(1))
+    }
+
     /// Why this configuration cannot run, naming the flag.
     pub fn validate(&self) -> Result<(), String> {
         if !(2..=Self::MAX_NODES).contains(&self.nodes) {
@@ -204,21 +209,18 @@ impl ScaleConfig {
                 self.nodes
             ));
         }
-        if self.seeds == 0 || self.seeds >= self.nodes {
-            return Err(format!(
-                "--join-seeds must be between 1 and --nodes - 1 (got {})",
-                self.seeds
-            ));
+        if self.seeds == 0 {
+            return Err("--join-seeds must be at least 1".into());
         }
-        if self.crashes > self.nodes - self.seeds {
+        if self.crashes > self.nodes - self.join_seeds() {
             return Err(format!(
-                "--crashes must be at most --nodes - --join-seeds = {} (got {})",
-                self.nodes - self.seeds,
+                "--crashes must be at most the {} members that are not join seeds (got {})",
+                self.nodes - self.join_seeds(),
                 self.crashes
             ));
         }
         if !(0.0..1.0).contains(&self.loss) {
-            return Err(format!("--loss must be in [0, 1) (got {})", self.loss));
+            return Err(format!("--swim-loss must be in [0, 1) (got {})", self.loss));
         }
         if !(1..=100).contains(&self.tick_ms) {
             return Err(format!(
@@ -423,7 +425,7 @@ async fn scale_host(obs: Rc<RefCell<Obs>>, h: usize) -> turmoil::Result {
         (
             o.n,
             o.cfg.hosts,
-            o.cfg.seeds,
+            o.cfg.join_seeds(),
             o.cfg.seed,
             o.cfg.max_transmissions,
         )
@@ -502,7 +504,7 @@ pub fn run_scale(cfg: &ScaleConfig) -> Result<ScaleReport, String> {
         sim.host(format!("h{h}").as_str(), move || scale_host(obs.clone(), h));
     }
     let mut pick = SimRng::new(cfg.seed ^ 0xc4a5);
-    let mut candidates: Vec<usize> = (cfg.seeds..n).collect();
+    let mut candidates: Vec<usize> = (cfg.join_seeds()..n).collect();
     let victims: Vec<usize> = (0..cfg.crashes)
         .map(|_| candidates.swap_remove(pick.range(0, candidates.len() as u64) as usize))
         .collect();
