@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::Parser;
+use meridian_sim::membership::{run_scale, ScaleConfig};
 use meridian_sim::sim::{
     default_latency, parse_latency, run_seed, staleness_summary, Bug, FaultMix, Invariant,
     SeedReport, SimConfig, WorkloadMix,
@@ -103,6 +104,41 @@ struct Args {
     /// Stop at the first failing seed.
     #[arg(long)]
     fail_fast: bool,
+    /// Membership-only scale run: --nodes members running only SWIM (foca,
+    /// the mesh's config); measures join convergence and failure detection.
+    #[arg(long)]
+    membership_only: bool,
+    /// --membership-only: consecutive seeds to run from --seed (or --first-seed).
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    /// --membership-only: turmoil hosts the members share (ports 7001..).
+    #[arg(long, default_value_t = 32)]
+    hosts: usize,
+    /// --membership-only: members everyone joins through (n0..).
+    #[arg(long, default_value_t = 3)]
+    join_seeds: usize,
+    /// --membership-only: members crashed after the steady window.
+    #[arg(long, default_value_t = 1)]
+    crashes: usize,
+    /// --membership-only: datagram loss probability, whole run.
+    #[arg(long, default_value_t = 0.0)]
+    swim_loss: f64,
+    /// --membership-only: turmoil tick, simulated ms.
+    #[arg(long, default_value_t = 5)]
+    tick_ms: u64,
+    /// --membership-only: simulated s between convergence and the crash.
+    #[arg(long, default_value_t = 10)]
+    steady: u64,
+    /// --membership-only: give up on full convergence after this many simulated s.
+    #[arg(long, default_value_t = 120)]
+    join_timeout: u64,
+    /// --membership-only: give up on detection this many simulated s after the crash.
+    #[arg(long, default_value_t = 60)]
+    detect_timeout: u64,
+    /// --membership-only experiment: piggyback each update this many times
+    /// instead of the mesh's MAX_TRANSMISSIONS (6).
+    #[arg(long)]
+    max_transmissions: Option<u8>,
 }
 
 fn main() {
@@ -112,6 +148,10 @@ fn main() {
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("MERIDIAN_SIM_LOG"))
             .with_ansi(false)
             .init();
+    }
+    if args.membership_only {
+        membership_only(&args);
+        return;
     }
     if args.list_bugs {
         for b in Bug::ALL {
@@ -410,4 +450,71 @@ fn main() {
         std::process::exit(1);
     }
     println!("\nOK: every invariant held on {n} seeds");
+}
+
+/// `--membership-only`: one line per seed, then the JSON (with wall time).
+fn membership_only(args: &Args) {
+    let first = args.seed.unwrap_or(args.first_seed);
+    let mut out = Vec::new();
+    for seed in first..first.saturating_add(args.runs.max(1)) {
+        let cfg = ScaleConfig {
+            seed,
+            nodes: args.nodes,
+            hosts: args.hosts,
+            seeds: args.join_seeds,
+            crashes: args.crashes,
+            loss: args.swim_loss,
+            tick_ms: args.tick_ms,
+            steady_s: args.steady,
+            join_timeout_s: args.join_timeout,
+            detect_timeout_s: args.detect_timeout,
+            max_transmissions: args.max_transmissions,
+        };
+        let started = Instant::now();
+        let r = match run_scale(&cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        };
+        let wall_s = started.elapsed().as_secs_f64();
+        let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let q = |v: &[Option<u64>]| v.iter().map(|x| ms(*x)).collect::<Vec<_>>().join("/");
+        let detect: Vec<String> = (0..r.crashed.len())
+            .map(|i| {
+                format!(
+                    "n{}: first {} ms, 50%/99%/99.99%/100% {} ms ({:.2}% reached)",
+                    r.crashed[i],
+                    ms(r.detect_first_ms[i]),
+                    q(&r.detect_ms[i]),
+                    r.detect_share[i] * 100.0
+                )
+            })
+            .collect();
+        println!(
+            "seed {} nodes {} (hosts {}, tick {} ms)\n  join: pairs known 50%/99%/99.99%/100% at {} ms ({:.3}% at {} ms)\n  \
+             steady: {:.1} datagrams, {:.0} B sent per node per s\n  crash: {}\n  \
+             false downs {}; {:.1} simulated s in {wall_s:.1} s wall; hash {:016x}",
+            r.seed,
+            r.nodes,
+            r.hosts,
+            r.tick_ms,
+            q(&r.pairs_ms),
+            r.pairs_known_at_join_end * 100.0,
+            r.join_end_ms,
+            r.steady_datagrams_per_node_s,
+            r.steady_bytes_per_node_s,
+            detect.join("; "),
+            r.false_downs,
+            r.sim_ms as f64 / 1000.0,
+            r.events_hash,
+        );
+        out.push(serde_json::json!({"report": r, "wall_s": wall_s}));
+    }
+    if let Some(path) = &args.json {
+        if let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&out).unwrap_or_default()) {
+            eprintln!("--json {}: {e}", path.display());
+        }
+    }
 }

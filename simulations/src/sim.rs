@@ -36,6 +36,9 @@ use tokio::sync::{mpsc, oneshot};
 use turmoil::net::UdpSocket;
 
 use crate::checks::{linearizable, percentile, HistKind, HistOp, LinResult, SimRng};
+pub use crate::membership::SWIM_PORT;
+use crate::membership::{identity, run_swim, SimFoca, SwimHost};
+use meridian_mesh::membership::{swim_config, NodeIdentity};
 
 /// The one UDP port of every simulated host.
 pub const PORT: u16 = 7000;
@@ -1203,91 +1206,85 @@ async fn node_main(shared: Rc<Shared>, idx: usize) -> turmoil::Result {
 
 // -------------------------------------------------------- membership ----
 
-/// The SWIM port (foca with the mesh's `swim_config()` and identity).
-pub const SWIM_PORT: u16 = 7001;
+/// The whole-node simulator's side of [`run_swim`]: joins through every
+/// peer while it misses one (every 500 ms), loses datagrams only in the
+/// safety phase, and publishes the alive set for the membership checker.
+struct NodeSwim {
+    shared: Rc<Shared>,
+    idx: usize,
+    loss: SimRng,
+    alive: Rc<RefCell<BTreeSet<String>>>,
+    /// Injected bug `down-list-by-name`: names of members once seen down.
+    down_names: BTreeSet<String>,
+}
 
-/// Run foca over the simulated UDP port [`SWIM_PORT`]: datagrams and timers
-/// in, `AccumulatingRuntime` drained after each; the alive set is
-/// published for the membership checker.
+fn swim_identity(shared: &Shared, i: usize, ip: IpAddr, inc: u64) -> NodeIdentity {
+    identity(
+        format!("n{i}"),
+        format!("r{}", i % shared.cfg.regions.max(1)),
+        std::net::SocketAddr::new(ip, SWIM_PORT),
+        inc,
+    )
+}
+
+impl SwimHost for NodeSwim {
+    fn join_interval(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    fn join(&mut self, foca: &SimFoca) -> Vec<NodeIdentity> {
+        let n = self.shared.cfg.nodes;
+        if foca.num_members() + 1 >= n {
+            return Vec::new();
+        }
+        // Join (and re-join after a restart) through every peer.
+        (0..n)
+            .filter(|i| *i != self.idx)
+            .map(|i| swim_identity(&self.shared, i, turmoil::lookup(format!("n{i}")), 0))
+            .collect()
+    }
+
+    fn drop_datagram(&mut self) -> bool {
+        let faulty = self.shared.phase.get() == Phase::Safety;
+        faulty && self.loss.chance(self.shared.cfg.faults.loss)
+    }
+
+    fn observe(&mut self, foca: &SimFoca, notes: &[foca::OwnedNotification<NodeIdentity>]) {
+        let by_name = self.shared.cfg.bug == Some(Bug::DownListByName);
+        for n in notes {
+            tracing::debug!(node = self.idx, "swim notification {n:?}");
+            if let (true, foca::OwnedNotification::MemberDown(id)) = (by_name, n) {
+                self.down_names.insert(id.node_id.clone());
+            }
+        }
+        let down_names = &self.down_names;
+        let now: BTreeSet<String> = foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Alive && !down_names.contains(&m.id().node_id))
+            .map(|m| m.id().node_id.clone())
+            .collect();
+        *self.alive.borrow_mut() = now;
+    }
+}
+
+/// Run foca over the simulated UDP port [`SWIM_PORT`] ([`run_swim`]); the
+/// alive set is published for the membership checker.
 async fn swim_main(
     shared: Rc<Shared>,
     idx: usize,
     inc: u64,
     alive: Rc<RefCell<BTreeSet<String>>>,
 ) -> std::io::Result<()> {
-    use foca::{AccumulatingRuntime, Foca, PostcardCodec, Timer};
-    use meridian_mesh::membership::{swim_config, NodeIdentity, PROTOCOL_VERSION};
-    use rand::SeedableRng;
-    let me = turmoil::lookup(format!("n{idx}"));
-    let sock = Rc::new(UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), SWIM_PORT)).await?);
-    let ident = |i: usize, ip: IpAddr, inc: u64| NodeIdentity {
-        node_id: format!("n{i}"),
-        region: format!("r{}", i % shared.cfg.regions.max(1)),
-        addr: std::net::SocketAddr::new(ip, SWIM_PORT),
-        incarnation: inc,
-        version: PROTOCOL_VERSION,
+    let me = swim_identity(&shared, idx, turmoil::lookup(format!("n{idx}")), inc);
+    let rng_seed = shared.cfg.seed ^ ((idx as u64) << 32) ^ inc;
+    let host = NodeSwim {
+        loss: SimRng::new(shared.cfg.seed ^ 0x5717 ^ ((idx as u64) << 16) ^ inc),
+        shared,
+        idx,
+        alive,
+        down_names: BTreeSet::new(),
     };
-    let rng = rand::rngs::StdRng::seed_from_u64(shared.cfg.seed ^ ((idx as u64) << 32) ^ inc);
-    let mut foca = Foca::new(ident(idx, me, inc), swim_config(), rng, PostcardCodec);
-    let by_name = shared.cfg.bug == Some(Bug::DownListByName);
-    let mut down_names: BTreeSet<String> = BTreeSet::new();
-    let mut rt = AccumulatingRuntime::new();
-    let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer<NodeIdentity>>();
-    let mut loss = SimRng::new(shared.cfg.seed ^ 0x5717 ^ ((idx as u64) << 16) ^ inc);
-    let mut buf = vec![0u8; 65_536];
-    let mut join = tokio::time::interval(Duration::from_millis(500));
-    let mut suspicions = meridian_mesh::membership::SuspicionSweep::default();
-    loop {
-        tokio::select! {
-            biased;
-            r = sock.recv_from(&mut buf) => {
-                let (n, _) = r?;
-                let _ = foca.handle_data(&buf[..n], &mut rt);
-            }
-            Some(t) = timer_rx.recv() => {
-                let _ = foca.handle_timer(t, &mut rt);
-            }
-            _ = join.tick() => {
-                let stale = suspicions.expired(foca.iter_membership_state(), tokio::time::Instant::now());
-                if !stale.is_empty() {
-                    let _ = foca.apply_many(stale.into_iter(), true, &mut rt);
-                }
-                if foca.num_members() + 1 < shared.cfg.nodes {
-                    // Join (and re-join after a restart) through every peer.
-                    for i in (0..shared.cfg.nodes).filter(|i| *i != idx) {
-                        let ip = turmoil::lookup(format!("n{i}"));
-                        let _ = foca.announce(ident(i, ip, 0), &mut rt);
-                    }
-                }
-            }
-        }
-        while let Some((to, packet)) = rt.to_send() {
-            let faulty = shared.phase.get() == Phase::Safety;
-            if faulty && loss.chance(shared.cfg.faults.loss) {
-                continue;
-            }
-            let _ = sock.send_to(&packet, to.addr).await;
-        }
-        while let Some((after, timer)) = rt.to_schedule() {
-            let tx = timer_tx.clone();
-            tokio::task::spawn_local(async move {
-                tokio::time::sleep(after).await;
-                let _ = tx.send(timer);
-            });
-        }
-        while let Some(n) = rt.to_notify() {
-            tracing::debug!(node = idx, "swim notification {n:?}");
-            if let (true, foca::OwnedNotification::MemberDown(id)) = (by_name, &n) {
-                down_names.insert(id.node_id.clone());
-            }
-        }
-        let now: BTreeSet<String> = foca
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Alive && !down_names.contains(&m.id().node_id))
-            .map(|m| m.id().node_id.clone())
-            .collect();
-        *alive.borrow_mut() = now;
-    }
+    run_swim(me, swim_config(), rng_seed, host).await
 }
 
 // ------------------------------------------------------------ client ----
