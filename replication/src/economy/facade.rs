@@ -84,6 +84,12 @@ pub struct EconomyConfig {
     /// which the deterministic simulations use (openraft otherwise draws
     /// it from the thread RNG). `None` in production.
     pub election_timeout_ms: Option<(u64, u64)>,
+    /// Whether `open` waits (up to `leader_wait_ms`) for a leader of the
+    /// shards that have other voters too. A caller whose transport starts
+    /// only after `open` (the node: Raft RPCs travel over the mesh) sets
+    /// false: no leader can be heard of before, so the wait only delays the
+    /// start. Single-voter shards are always waited for (local election).
+    pub open_waits_for_peers: bool,
 }
 
 impl Default for EconomyConfig {
@@ -105,6 +111,7 @@ impl Default for EconomyConfig {
             heartbeat_interval_ms: 100,
             writes_in_flight_per_shard_max: 1_024,
             election_timeout_ms: None,
+            open_waits_for_peers: true,
         }
     }
 }
@@ -170,7 +177,8 @@ struct Shard {
     raft: Raft<EconTypeConfig>,
     state: SharedState,
     in_flight: tokio::sync::Semaphore,
-    /// Set while this leader hands the shard over: writes get a fast 503.
+    /// Set while this leader hands the shard over: requests wait (bounded by
+    /// `leader_wait_ms`), then go to the new leader.
     handing_off: std::sync::atomic::AtomicBool,
     /// Writes committed while this node led, by the node they came in at.
     origins: std::sync::Mutex<BTreeMap<NodeId, u64>>,
@@ -410,6 +418,17 @@ impl Economy {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.inner.cfg.leader_wait_ms);
         for sh in &self.inner.shards {
+            if !self.inner.cfg.open_waits_for_peers {
+                let m = sh.raft.metrics().borrow().clone();
+                let me = self.inner.cfg.node_id;
+                if m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v != me)
+                {
+                    continue;
+                }
+            }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let res = sh
                 .raft
@@ -476,11 +495,18 @@ impl Economy {
         let me = self.inner.cfg.node_id;
         let max_age = self.inner.cfg.quorum_ack_max_age_ms;
         let bound = Duration::from_millis(self.inner.cfg.leader_wait_ms);
-        if sh.handing_off.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(EconomyError::unavailable(format!(
-                "shard {}: leadership is moving; retry",
-                sh.id
-            )));
+        // A leadership hand-over (`hand_over`) takes well under the lease:
+        // wait for it (bounded) rather than fail, then find the new leader.
+        // Nothing is proposed here meanwhile.
+        let started = tokio::time::Instant::now();
+        while sh.handing_off.load(std::sync::atomic::Ordering::Acquire) {
+            if started.elapsed() >= bound {
+                return Err(EconomyError::unavailable(format!(
+                    "shard {}: leadership is moving; retry",
+                    sh.id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let quorum_ok = move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
             m.membership_config.membership().voter_ids().count() <= 1
@@ -1169,8 +1195,8 @@ impl Economy {
     }
 
     /// Hand the leadership of `shard` (led here) to voter `to`, which must
-    /// have replicated the whole log: this leader stops writes (fast 503s)
-    /// and heartbeats, the other voters hold their elections, and `to`
+    /// have replicated the whole log: this leader holds new requests
+    /// and stops its heartbeats, the other voters hold their elections, and `to`
     /// campaigns once this leader's lease ran out, so it wins the next term.
     /// Raft's safety never depends on this; if `to` does not win within
     /// `within`, everything is switched back and a normal election follows.
