@@ -116,16 +116,16 @@ deadline=$(( $(date +%s) + NODE_READY_S ))
 while :; do
   if ! kill -0 "$pid" 2>/dev/null; then
     wait "$pid" 2>/dev/null && rc=0 || rc=$?
-    if [ -n "$mode" ] && [ "$rc" = 3 ]; then
-      # The old node stopped meanwhile: nothing to take over, start normally.
-      say "takeover: no running node any more; starting normally"
-      mode="" && start ""
-      continue
-    fi
-    if [ -n "$mode" ] && [ "$rc" = 4 ]; then
-      # Refused (e.g. the HTTP address changed): the old node still serves; stop it, then start.
-      say "takeover refused (see $log); stopping pid $old_pid, then starting"
-      NODE_INSTANCE="" NODE_STOP_S="$NODE_STOP_S" "$here/node-down.sh" || true
+    if [ -n "$mode" ] && { [ "$rc" = 3 ] || [ "$rc" = 4 ]; }; then
+      # 3: nothing to take over (the old node stopped meanwhile, or it is a release from
+      # before takeovers, without a takeover socket); 4: refused (e.g. the HTTP address
+      # changed). A still running old node is stopped (drain, leave), then this one starts.
+      if alive "$old_pid"; then
+        say "takeover not possible (exit $rc, see $log); stopping pid $old_pid, then starting"
+        NODE_INSTANCE="" NODE_STOP_S="$NODE_STOP_S" "$here/node-down.sh" || true
+      else
+        say "takeover: no running node any more; starting normally"
+      fi
       mode="" && start ""
       continue
     fi
