@@ -177,6 +177,18 @@ impl Drop for Cleanup {
     }
 }
 
+/// The ERROR lines of every node's log under the data root (for failure messages).
+fn error_lines(data_root: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(data_root).into_iter().flatten().flatten() {
+        let log = std::fs::read_to_string(e.path().join("node.log")).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("\"ERROR\"")).take(20) {
+            out.push_str(&format!("{}: {}\n", e.file_name().to_string_lossy(), l));
+        }
+    }
+    out
+}
+
 /// region => pid of a node.pid file under the data root whose process is alive.
 fn pids(data_root: &Path) -> BTreeMap<String, i32> {
     let mut out = BTreeMap::new();
@@ -562,7 +574,11 @@ fn terraform_regions_as_code() {
         let status = child.wait().unwrap();
         let mut stderr = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert!(status.success(), "bots: {status}: {stderr}");
+        assert!(
+            status.success(),
+            "bots: {status}: {stderr}\nnode errors:\n{}",
+            error_lines(&data_root)
+        );
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(
             report["total_errors"], 0,
@@ -715,6 +731,32 @@ fn terraform_regions_as_code() {
     let roll_url = url_of(&regions[roll]);
     let before_roll = pids(&data_root);
     let old_pid = before_roll[roll];
+    // Start from a settled economy (the steps before moved voters around): every shard has
+    // a leader and three voters, no learners, in every node's view.
+    let all: Vec<String> = regions.values().map(url_of).collect();
+    let settled = rt.block_on(wait_until(
+        "the economy settled before the roll",
+        Duration::from_secs(40),
+        async || {
+            for u in &all {
+                let Some(v) = get(&format!("{u}/admin/shards"), true).await else {
+                    return false;
+                };
+                let ok = v["shards"].as_array().is_some_and(|shards| {
+                    shards.iter().all(|s| {
+                        !s["leader"].is_null()
+                            && s["voters"].as_array().map(Vec::len) == Some(3)
+                            && s["learners"].as_array().is_some_and(Vec::is_empty)
+                    })
+                });
+                if !ok {
+                    return false;
+                }
+            }
+            true
+        },
+    ));
+    eprintln!("roll: economy settled {settled:?} before");
     let roll_json = tmp.path().join("bots-roll.json");
     let mut roll_bots = meridian()
         .args([
@@ -833,7 +875,16 @@ fn terraform_regions_as_code() {
         let log = std::fs::read_to_string(data_root.join(roll).join("node.log")).unwrap();
         let lines: Vec<&str> = log
             .lines()
-            .filter(|l| l.contains("\"WARN\"") || l.contains("takeover") || l.contains("listening"))
+            .filter(|l| {
+                [
+                    "economy unavailable",
+                    "takeover",
+                    "listening",
+                    "left the mesh",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
             .collect();
         panic!(
             "economy bots saw failed requests during the roll: {econ}\n{}",

@@ -405,12 +405,12 @@ pub async fn run(cfg: Config, takeover: bool) -> anyhow::Result<()> {
         if missing.is_empty() {
             tracing::info!(
                 waited_ms = waited.as_millis() as u64,
-                "takeover: shard peers alive in the mesh"
+                "takeover: shard peers alive in the mesh, every shard has a leader"
             );
         } else {
             tracing::warn!(
                 ?missing,
-                "takeover: shard peers not alive in the mesh yet; serving anyway"
+                "takeover: shard peers or leaders not known yet; serving anyway"
             );
         }
     }

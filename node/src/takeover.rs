@@ -282,9 +282,9 @@ pub async fn wait_for_exit(pid: u32, within: Duration) -> anyhow::Result<()> {
 // Blue: the socket, and the hand-off while serving.
 
 /// Green, before it accepts: wait (at most `within`) until the mesh shows
-/// every other voter of this node's shards alive, so that requests
-/// forwarded to a shard leader find it. Returns how long it waited and
-/// the voters still missing.
+/// every other voter of this node's shards alive and every shard has a
+/// known leader, so that requests forwarded to a shard leader find it.
+/// Returns how long it waited and what is still missing.
 pub async fn wait_for_peers(state: &Shared, within: Duration) -> (Duration, Vec<String>) {
     let started = Instant::now();
     let me = state.cfg.node_name();
@@ -303,11 +303,21 @@ pub async fn wait_for_peers(state: &Shared, within: Duration) -> (Duration, Vec<
             .filter(|m| m.state == meridian_mesh::MemberState::Alive)
             .map(|m| m.node_id)
             .collect();
-        let missing: Vec<String> = peers
+        let mut missing: Vec<String> = peers
             .iter()
             .filter(|p| !alive.contains(*p))
             .cloned()
             .collect();
+        // ...and every shard's leader is known here (heard from it), so
+        // requests can be served or forwarded at once.
+        missing.extend(
+            state
+                .economy
+                .shards()
+                .into_iter()
+                .filter(|s| s.leader.is_none())
+                .map(|s| format!("leader of shard {}", s.shard)),
+        );
         if missing.is_empty() || started.elapsed() >= within || state.with_mesh(|_| ()).is_none() {
             return (started.elapsed(), missing);
         }
@@ -571,6 +581,9 @@ pub async fn hand_off(
     )
     .await
     .map_err(|e| format!("answering: {e}"))?;
+    // No leadership may come back here (leadership following the writes
+    // would hand shards back, since blue still takes the writes).
+    state.economy.refuse_leadership(true);
     let res = async {
         // 1. Raft leadership to other voters.
         let (moved, kept) = tokio::select! {
@@ -639,6 +652,7 @@ pub async fn hand_off(
             Ok(())
         }
         Err(e) => {
+            state.economy.refuse_leadership(false);
             pause.send_replace(false);
             state.closing_connections.store(false, Ordering::Release);
             tracing::warn!(

@@ -198,6 +198,9 @@ struct Inner {
     catalog: Catalog,
     cfg: EconomyConfig,
     recovery: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set by [`Economy::refuse_leadership`]: hand-overs to this node are
+    /// refused (it is about to be replaced).
+    refuse_leadership: std::sync::atomic::AtomicBool,
 }
 
 /// The economy of one node: per-shard Raft groups behind one async API.
@@ -250,6 +253,10 @@ fn map_read_err(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> 
         RaftError::Fatal(f) => map_fatal(f),
     }
 }
+
+/// The reason of the `Unavailable` a node answers to a forwarded request
+/// when it is not the shard's leader (any more): nothing was proposed.
+const LEADERSHIP_MOVED: &str = "leadership moved to node";
 
 /// Who leads a shard, as far as this node knows.
 enum Leadership {
@@ -368,6 +375,7 @@ impl Economy {
             catalog: cfg.catalog.clone(),
             cfg,
             recovery: std::sync::Mutex::new(None),
+            refuse_leadership: Default::default(),
         });
         // The registry holds the handler strongly; the handler holds `Inner`
         // weakly, so no cycle keeps the economy alive.
@@ -579,21 +587,39 @@ impl Economy {
             ts_ms: now_ms(),
             cmd,
         };
-        match self.lead(sh).await? {
-            Leadership::Local => self.commit_local(sh, req, self.inner.cfg.node_id).await,
-            Leadership::Remote(leader) => {
-                let fwd = Forwarded {
-                    origin: self.inner.cfg.node_id,
-                    req,
-                };
-                let payload = postcard::to_allocvec(&fwd)
-                    .map_err(|e| EconomyError::Storage(format!("encode forward: {e}")))?;
-                let bytes = self
-                    .forward(sh, leader, RaftRpcKind::ClientWrite, payload)
-                    .await?;
+        // A leader that refused a forwarded write because the leadership
+        // just moved (a hand-over) never proposed it: ask again where the
+        // leadership went, bounded by `leader_wait_ms`.
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.inner.cfg.leader_wait_ms);
+        loop {
+            let leader = match self.lead(sh).await? {
+                Leadership::Local => {
+                    return self.commit_local(sh, req, self.inner.cfg.node_id).await
+                }
+                Leadership::Remote(leader) => leader,
+            };
+            let fwd = Forwarded {
+                origin: self.inner.cfg.node_id,
+                req: req.clone(),
+            };
+            let payload = postcard::to_allocvec(&fwd)
+                .map_err(|e| EconomyError::Storage(format!("encode forward: {e}")))?;
+            let bytes = self
+                .forward(sh, leader, RaftRpcKind::ClientWrite, payload)
+                .await?;
+            let res =
                 postcard::from_bytes::<Result<Receipt, EconomyError>>(&bytes).map_err(|e| {
                     EconomyError::unavailable(format!("shard {}: bad forward reply: {e}", sh.id))
-                })?
+                })?;
+            match res {
+                Err(EconomyError::Unavailable { reason })
+                    if reason.contains(LEADERSHIP_MOVED)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
             }
         }
     }
@@ -1144,7 +1170,7 @@ impl Economy {
                 let res = match self.lead(sh).await {
                     Ok(Leadership::Local) => self.commit_local(sh, fwd.req, fwd.origin).await,
                     Ok(Leadership::Remote(l)) => Err(EconomyError::unavailable(format!(
-                        "shard {}: leadership moved to node {l}",
+                        "shard {}: {LEADERSHIP_MOVED} {l}",
                         sh.id
                     ))),
                     Err(e) => Err(e),
@@ -1162,7 +1188,7 @@ impl Economy {
                         }
                     }
                     Ok(Leadership::Remote(l)) => Err(EconomyError::unavailable(format!(
-                        "shard {}: leadership moved to node {l}",
+                        "shard {}: {LEADERSHIP_MOVED} {l}",
                         sh.id
                     ))),
                     Err(e) => Err(e),
@@ -1170,6 +1196,13 @@ impl Economy {
                 enc(&res)
             }
             RaftRpcKind::Campaign => {
+                if self
+                    .inner
+                    .refuse_leadership
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    return Err("this node is being replaced: it takes no leadership".into());
+                }
                 let delay: u64 = postcard::from_bytes(&rpc.payload).map_err(|e| e.to_string())?;
                 let raft = sh.raft.clone();
                 tokio::spawn(async move {
@@ -1192,6 +1225,16 @@ impl Economy {
             }
             _ => serve_rpc(&sh.raft, &rpc).await,
         }
+    }
+
+    /// While set, a hand-over to this node (`hand_over` from another
+    /// leader, e.g. leadership following the writes) is refused: an
+    /// in-place replacement moves its leadership away and must not get it
+    /// back before it exits. Raft elections are unaffected.
+    pub fn refuse_leadership(&self, refuse: bool) {
+        self.inner
+            .refuse_leadership
+            .store(refuse, std::sync::atomic::Ordering::Release);
     }
 
     /// Hand the leadership of `shard` (led here) to voter `to`, which must
