@@ -5,7 +5,9 @@
 //!   region file and applying makes it alive in every node's `GET /regions`, with bots running
 //!   against the first regions and seeing zero failed requests; removing it drains it (SIGTERM,
 //!   graceful leave) and the others see it down; a node that cannot start fails the apply with
-//!   its log tail; `destroy` stops everything;
+//!   its log tail; rolling one region to a new `release_version` (`-target`) is a blue/green
+//!   takeover in place (create_before_destroy, `meridian up --takeover`) with read and economy
+//!   bots on that region seeing zero failed requests; `destroy` stops everything;
 //! - bad region files fail both `meridian regions check` and `terraform plan`, naming the
 //!   file and the field.
 //!
@@ -173,6 +175,18 @@ impl Drop for Cleanup {
             unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
     }
+}
+
+/// The ERROR lines of every node's log under the data root (for failure messages).
+fn error_lines(data_root: &Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(data_root).into_iter().flatten().flatten() {
+        let log = std::fs::read_to_string(e.path().join("node.log")).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("\"ERROR\"")).take(20) {
+            out.push_str(&format!("{}: {}\n", e.file_name().to_string_lossy(), l));
+        }
+    }
+    out
 }
 
 /// region => pid of a node.pid file under the data root whose process is alive.
@@ -560,7 +574,11 @@ fn terraform_regions_as_code() {
         let status = child.wait().unwrap();
         let mut stderr = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert!(status.success(), "bots: {status}: {stderr}");
+        assert!(
+            status.success(),
+            "bots: {status}: {stderr}\nnode errors:\n{}",
+            error_lines(&data_root)
+        );
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(
             report["total_errors"], 0,
@@ -706,6 +724,225 @@ fn terraform_regions_as_code() {
     std::fs::remove_file(catalog.join("af-south.json")).unwrap();
     run_ok(&["apply", "-auto-approve"]);
     assert_eq!(pids(&data_root).len(), 3);
+
+    // --- roll one region to a new release with bots on it: the replacement is a blue/green
+    // takeover in place (create_before_destroy + `meridian up --takeover`): no failed request.
+    let roll = "eu-west";
+    let roll_url = url_of(&regions[roll]);
+    let before_roll = pids(&data_root);
+    let old_pid = before_roll[roll];
+    // Start from a settled economy (the steps before moved voters around): every shard has
+    // a leader and three voters, no learners, in every node's view.
+    let all: Vec<String> = regions.values().map(url_of).collect();
+    let settled = rt.block_on(wait_until(
+        "the economy settled before the roll",
+        Duration::from_secs(40),
+        async || {
+            for u in &all {
+                let Some(v) = get(&format!("{u}/admin/shards"), true).await else {
+                    return false;
+                };
+                let ok = v["shards"].as_array().is_some_and(|shards| {
+                    shards.iter().all(|s| {
+                        !s["leader"].is_null()
+                            && s["voters"].as_array().map(Vec::len) == Some(3)
+                            && s["learners"].as_array().is_some_and(Vec::is_empty)
+                    })
+                });
+                if !ok {
+                    return false;
+                }
+            }
+            true
+        },
+    ));
+    eprintln!("roll: economy settled {settled:?} before");
+    let roll_json = tmp.path().join("bots-roll.json");
+    let mut roll_bots = meridian()
+        .args([
+            "bots",
+            "--quiet",
+            "--scenario",
+            "profile-read",
+            "--players",
+            "10",
+            "--concurrency",
+            "8",
+            "--duration",
+            "7s",
+            "--target",
+            &roll_url,
+            "--json",
+        ])
+        .arg(&roll_json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Economy writes too (purchases and consumes): the rolled node hands its shards'
+    // leadership to other voters first; requests there must wait, not fail.
+    let econ_json = tmp.path().join("bots-roll-economy.json");
+    let mut econ_bots = meridian()
+        .args([
+            "bots",
+            "--quiet",
+            "--scenario",
+            "economy",
+            "--players",
+            "10",
+            "--concurrency",
+            "4",
+            "--duration",
+            "7s",
+            "--server-token",
+            ADMIN_TOKEN,
+            "--target",
+            &roll_url,
+            "--json",
+        ])
+        .arg(&econ_json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut a = args(&["apply", "-auto-approve"]);
+    a.push("-var=release_version=0.2.0".into());
+    a.push(format!("-target=module.region[\"{roll}\"]"));
+    let rolled = tf.run(&local, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(rolled.code, 0, "roll failed:\n{}", rolled.out);
+    assert!(
+        rolled
+            .out
+            .contains("Resources: 1 added, 0 changed, 1 destroyed"),
+        "{}",
+        rolled.out
+    );
+    assert!(
+        rolled
+            .out
+            .contains(&format!("took over from pid {old_pid}")),
+        "not a takeover:\n{}",
+        rolled.out
+    );
+    let after_roll = pids(&data_root);
+    assert_ne!(after_roll[roll], old_pid);
+    // Gone, or a zombie its reaper has not collected yet, or the pid was reused.
+    let status = std::fs::read_to_string(format!("/proc/{old_pid}/status")).unwrap_or_default();
+    let cmdline = std::fs::read_to_string(format!("/proc/{old_pid}/cmdline")).unwrap_or_default();
+    assert!(
+        status.is_empty()
+            || status.contains("zombie")
+            || !cmdline.contains(&*data_root.join(roll).to_string_lossy()),
+        "the old node (pid {old_pid}) still runs: {status}"
+    );
+    // One instance pid file: the new one's (the deposed instance's is forgotten).
+    let inst: Vec<String> = std::fs::read_dir(data_root.join(roll).join("instances"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(inst, vec![after_roll[roll].to_string()]);
+    for (k, p) in &before_roll {
+        if k != roll {
+            assert_eq!(after_roll.get(k), Some(p), "{k} was restarted by the roll");
+        }
+    }
+    let h = rt
+        .block_on(get(&format!("{roll_url}/healthz"), false))
+        .unwrap();
+    assert_eq!(h["release"], "0.2.0", "{h}");
+    let status = roll_bots.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(roll_bots.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "bots: {status}: {stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&roll_json).unwrap()).unwrap();
+    assert_eq!(
+        report["total_errors"], 0,
+        "bots saw failed requests during the roll: {report}"
+    );
+    let status = econ_bots.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(econ_bots.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "economy bots: {status}: {stderr}");
+    let econ: Value = serde_json::from_str(&std::fs::read_to_string(&econ_json).unwrap()).unwrap();
+    if econ["total_errors"] != 0 {
+        let log = std::fs::read_to_string(data_root.join(roll).join("node.log")).unwrap();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                [
+                    "economy unavailable",
+                    "takeover",
+                    "listening",
+                    "left the mesh",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .collect();
+        panic!(
+            "economy bots saw failed requests during the roll: {econ}\n{}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        );
+    }
+    assert!(econ["total_ok"].as_u64().unwrap() > 0, "{econ}");
+    let max_ms = |r: &Value| {
+        r["operations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["max_ms"].as_f64())
+            .fold(0.0, f64::max)
+    };
+    eprintln!(
+        "roll {roll} to 0.2.0 (takeover): apply took {:?}; economy bots on it: {} ok, 0 errors, \
+         max latency {} ms",
+        rolled.took,
+        econ["total_ok"],
+        max_ms(&econ)
+    );
+    eprintln!(
+        "roll {roll} to 0.2.0 (takeover): apply took {:?}; bots on it: {} ok, 0 errors, max latency {} ms",
+        rolled.took,
+        report["total_ok"],
+        max_ms(&report)
+    );
+    // The roll's timeline from the region's log (both processes write to it).
+    let log = std::fs::read_to_string(data_root.join(roll).join("node.log")).unwrap();
+    for line in log.lines().filter(|l| {
+        [
+            "takeover",
+            "left the mesh",
+            "storage flushed",
+            "node listening",
+            "leaderboard indexes",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        eprintln!(
+            "  {} {}",
+            v["timestamp"].as_str().unwrap_or(""),
+            v["message"].as_str().unwrap_or(line)
+        );
+    }
+    rt.block_on(wait_until(
+        "rolled eu-west alive in us-east's /regions",
+        Duration::from_secs(10),
+        async || {
+            regions_status(&url_of(&regions["us-east"]), roll)
+                .await
+                .as_deref()
+                == Some("alive")
+        },
+    ));
 
     // --- destroy stops everything.
     let destroy = run_ok(&["destroy", "-auto-approve"]);

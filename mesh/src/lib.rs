@@ -310,11 +310,18 @@ impl MeshHandle {
 
     /// Leaves the cluster gracefully (peers see it down at once) and closes the transport.
     pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(1)).await
+    }
+
+    /// [`shutdown`](Self::shutdown), waiting at most `idle_wait` for the QUIC
+    /// connections to finish closing (an in-place takeover keeps this short:
+    /// the new process binds the same port and peers reconnect to it).
+    pub async fn shutdown_within(self, idle_wait: Duration) {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Leave(tx)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
         }
-        self.transport.close().await;
+        self.transport.close_within(idle_wait).await;
     }
 
     /// Stops at once without leaving, like a crash (for tests and fault drills).

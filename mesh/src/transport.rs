@@ -811,6 +811,11 @@ impl Transport {
 
     /// Closes every connection and the endpoint, waiting briefly so close frames go out.
     pub async fn close(&self) {
+        self.close_within(Duration::from_secs(1)).await
+    }
+
+    /// [`close`](Self::close), waiting at most `idle_wait` for idle.
+    pub async fn close_within(&self, idle_wait: Duration) {
         self.inner.closed.store(true, Ordering::Relaxed);
         self.inner
             .senders
@@ -818,7 +823,7 @@ impl Transport {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.inner.endpoint.close(0u32.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(idle_wait, self.inner.endpoint.wait_idle()).await;
     }
 
     /// Stops sending and closes the endpoint at once, without waiting (crash-like: no SWIM

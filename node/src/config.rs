@@ -46,6 +46,11 @@ pub struct Config {
     pub matchmaking: crate::games::GamesConfig,
     /// The game-server fleet: backend (embedded, process), size, arena tunables.
     pub dgs: crate::games::DgsConfig,
+    /// Release label shown by `/healthz` (Terraform's `release_version`);
+    /// default: the binary's version.
+    pub release: Option<String>,
+    /// In-place blue/green takeover (`meridian up --takeover`).
+    pub takeover: TakeoverSection,
 }
 
 impl Default for Config {
@@ -73,6 +78,46 @@ impl Default for Config {
             leaderboards: Default::default(),
             matchmaking: Default::default(),
             dgs: Default::default(),
+            release: None,
+            takeover: TakeoverSection::default(),
+        }
+    }
+}
+
+/// In-place blue/green takeover: a new process on the same data dir and
+/// ports takes the HTTP listener over from the running one
+/// (docs/operations.md, "Upgrade (rolling)").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TakeoverSection {
+    /// Listen on `{data_dir}/takeover.sock` for a takeover request.
+    pub enabled: bool,
+    /// Blue: how long every response carries `Connection: close` before it
+    /// stops accepting, so clients leave their keep-alive connections.
+    pub close_window_ms: u64,
+    /// Blue: bound on handing the leadership of one shard to another voter.
+    pub leader_handover_ms: u64,
+    /// Green: how long it waits for the running node to pass its listener
+    /// (covers the game servers' drain, so above `dgs.drain_deadline_s`).
+    pub wait_s: u64,
+    /// Green: how long it waits, after it got the listener, for the old
+    /// process to exit and release the store before it gives up.
+    pub release_wait_ms: u64,
+    /// Green: before it accepts, how long it waits at most until the mesh
+    /// shows its shards' other voters alive (so forwarded writes reach
+    /// their leaders); it accepts anyway after this.
+    pub mesh_join_wait_ms: u64,
+}
+
+impl Default for TakeoverSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            close_window_ms: 750,
+            leader_handover_ms: 3_000,
+            wait_s: 120,
+            release_wait_ms: 30_000,
+            mesh_join_wait_ms: 3_000,
         }
     }
 }
@@ -471,7 +516,43 @@ impl Config {
             }
         }
         self.dgs.validate()?;
+        if let Some(r) = &self.release {
+            if r.is_empty()
+                || r.len() > 64
+                || !r
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'))
+            {
+                anyhow::bail!(
+                    "config: release must be 1-64 characters of A-Z a-z 0-9 . - + _ (got {r:?})"
+                );
+            }
+        }
+        let t = &self.takeover;
+        if !(50..=10_000).contains(&t.close_window_ms) {
+            anyhow::bail!("config: takeover.close_window_ms must be 50..=10000");
+        }
+        if !(100..=60_000).contains(&t.leader_handover_ms) {
+            anyhow::bail!("config: takeover.leader_handover_ms must be 100..=60000");
+        }
+        if t.wait_s <= self.dgs.drain_deadline_s || t.wait_s > 3600 {
+            anyhow::bail!(
+                "config: takeover.wait_s must be above dgs.drain_deadline_s ({}) and at most 3600",
+                self.dgs.drain_deadline_s
+            );
+        }
+        if !(1_000..=600_000).contains(&t.release_wait_ms) {
+            anyhow::bail!("config: takeover.release_wait_ms must be 1000..=600000");
+        }
+        if t.mesh_join_wait_ms > 60_000 {
+            anyhow::bail!("config: takeover.mesh_join_wait_ms must be 0..=60000");
+        }
         Ok(())
+    }
+
+    /// The release label (`release`, else the binary's version).
+    pub fn release(&self) -> &str {
+        self.release.as_deref().unwrap_or(env!("CARGO_PKG_VERSION"))
     }
 
     pub fn node_name(&self) -> String {
@@ -551,6 +632,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn takeover_limits_and_release_are_checked() {
+        let c = load(
+            None,
+            env(&[("MERIDIAN_RELEASE", "0.2.0-rc.1")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.release(), "0.2.0-rc.1");
+        assert_eq!(
+            load(None, env(&[]), &Overrides::default())
+                .unwrap()
+                .release(),
+            env!("CARGO_PKG_VERSION")
+        );
+        for (k, v, named) in [
+            ("MERIDIAN_RELEASE", "0.2 beta", "release"),
+            ("MERIDIAN_TAKEOVER__WAIT_S", "10", "takeover.wait_s"),
+            (
+                "MERIDIAN_TAKEOVER__CLOSE_WINDOW_MS",
+                "0",
+                "takeover.close_window_ms",
+            ),
+            (
+                "MERIDIAN_TAKEOVER__LEADER_HANDOVER_MS",
+                "5",
+                "takeover.leader_handover_ms",
+            ),
+            (
+                "MERIDIAN_TAKEOVER__RELEASE_WAIT_MS",
+                "10",
+                "takeover.release_wait_ms",
+            ),
+        ] {
+            let err = load(None, env(&[(k, v)]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{k}={v}: {err}");
+        }
     }
 
     #[test]

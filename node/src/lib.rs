@@ -18,5 +18,6 @@ pub mod offers;
 pub mod profiles;
 pub mod regions;
 pub mod replica;
+pub mod takeover;
 pub mod telemetry;
 pub mod tools;

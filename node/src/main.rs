@@ -34,6 +34,12 @@ enum Command {
         /// auto (text on a terminal, JSON otherwise), text or json.
         #[arg(long)]
         log_format: Option<String>,
+        /// Replace the node running on this data dir in place (blue/green):
+        /// it hands over leadership, drains its game servers and passes its
+        /// HTTP listener to this process. Exits 3 when no node runs there,
+        /// 4 when the running node refused (it keeps serving).
+        #[arg(long)]
+        takeover: bool,
     },
     /// Load bots that behave like players (loopback targets only by default).
     Bots {
@@ -175,6 +181,7 @@ fn main() -> std::process::ExitCode {
             region,
             http,
             log_format,
+            takeover,
         } => {
             let flags = meridian::config::Overrides {
                 region,
@@ -203,8 +210,18 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(meridian::node::run(cfg)) {
+            match rt.block_on(meridian::node::run(cfg, takeover)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<meridian::takeover::NotRunning>().is_some() => {
+                    tracing::error!(error = %format!("{e:#}"), "nothing to take over");
+                    eprintln!("meridian: {e:#}");
+                    std::process::ExitCode::from(3)
+                }
+                Err(e) if e.downcast_ref::<meridian::takeover::Refused>().is_some() => {
+                    tracing::error!(error = %format!("{e:#}"), "takeover refused");
+                    eprintln!("meridian: {e:#}");
+                    std::process::ExitCode::from(4)
+                }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "node failed");
                     eprintln!("meridian: {e:#}");

@@ -23,6 +23,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// On a takeover, how long the old process waits for its QUIC connections
+/// to finish closing before it exits (the new one binds the same port).
+const TAKEOVER_QUIC_IDLE_WAIT: Duration = Duration::from_millis(100);
+
 /// How often the telemetry retention task runs.
 const RETENTION_INTERVAL_S: u64 = 60;
 
@@ -100,13 +104,40 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         .context("installing the metrics recorder")
 }
 
+/// Open the store; while another process holds its lock, retry for at
+/// most `lock_wait` (a takeover: the old process is exiting).
+async fn open_storage(store_dir: &std::path::Path, lock_wait: Duration) -> anyhow::Result<Storage> {
+    let deadline = std::time::Instant::now() + lock_wait;
+    loop {
+        match Storage::open_sled(store_dir) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "the store {} is in use by another process (a node already runs on this \
+                         data dir; to replace it in place use `meridian up --takeover`): {e}",
+                        store_dir.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Build the shared state: open storage and every service.
 pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
+    build_state_with(cfg, Duration::ZERO).await
+}
+
+/// [`build_state`], waiting up to `lock_wait` for the store's lock.
+pub async fn build_state_with(cfg: Config, lock_wait: Duration) -> anyhow::Result<Arc<AppState>> {
     let (region, catalog) = resolve_region(&cfg)?;
     let store_dir = cfg.data_dir.join("store");
     std::fs::create_dir_all(&store_dir)
         .with_context(|| format!("creating data dir {}", store_dir.display()))?;
-    let storage = Storage::open_sled(&store_dir)?;
+    let storage = open_storage(&store_dir, lock_wait).await?;
     for p in crate::replica::REPLICATED_PREFIXES {
         storage.replicate_prefix(p.as_bytes())?;
     }
@@ -152,6 +183,8 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
             // replication manager, once they see each other.
             bootstrap: cfg.economy.bootstrap_expect <= 1,
             transport: meridian_replication::economy::RaftTransport::Custom(replica.net.clone()),
+            // The mesh (its Raft transport) starts after the economy opens.
+            open_waits_for_peers: false,
             ..Default::default()
         },
     )
@@ -231,6 +264,7 @@ pub async fn build_state(cfg: Config) -> anyhow::Result<Arc<AppState>> {
         metrics: install_metrics()?,
         ready: false.into(),
         draining: false.into(),
+        closing_connections: false.into(),
         replica,
     });
     let client = state.with_mesh(|m| {
@@ -282,16 +316,74 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let state = build_state(cfg).await?;
-    let http_addr = state
-        .cfg
-        .http_addr
-        .unwrap_or_else(|| state.region.http_addr());
-    let listener = tokio::net::TcpListener::bind(http_addr)
+/// How `run`'s serving phase ended.
+enum Stop {
+    /// SIGTERM/SIGINT: drain and hand off voter seats (leaving for good).
+    Signal,
+    /// A takeover: the listener went to the new process; leadership and
+    /// game servers were already handed off, voter seats stay.
+    Takeover,
+}
+
+/// Run a node until SIGTERM/SIGINT or a takeover. With `takeover`, first
+/// take the HTTP listener over from the node running on this data dir
+/// (`meridian up --takeover`).
+pub async fn run(cfg: Config, takeover: bool) -> anyhow::Result<()> {
+    let mut lock_wait = Duration::ZERO;
+    let inherited = if takeover {
+        // Check what can be checked before the old node gives anything up.
+        let (region, _) = resolve_region(&cfg)?;
+        let http = cfg.http_addr.unwrap_or_else(|| region.http_addr());
+        let (dir, release) = (cfg.data_dir.clone(), cfg.release().to_string());
+        let wait = Duration::from_secs(cfg.takeover.wait_s);
+        let inh = tokio::task::spawn_blocking(move || {
+            crate::takeover::request(&dir, http, &release, wait)
+        })
         .await
-        .with_context(|| format!("binding HTTP {http_addr}"))?;
-    let local = listener.local_addr()?;
+        .context("takeover task")??;
+        lock_wait = Duration::from_millis(cfg.takeover.release_wait_ms);
+        crate::takeover::wait_for_exit(inh.old_pid, lock_wait).await?;
+        tracing::info!(
+            old_pid = inh.old_pid,
+            waited_ms = inh.started.elapsed().as_millis() as u64,
+            "takeover: the old node exited; starting"
+        );
+        Some(inh)
+    } else {
+        None
+    };
+    // Bind first (a taken port fails before anything is opened); a takeover
+    // inherits the socket instead.
+    let (keep, took_over) = match inherited {
+        Some(inh) => (
+            inh.listener,
+            Some((inh.old_pid, inh.old_release, inh.started)),
+        ),
+        None => {
+            let (region, _) = resolve_region(&cfg)?;
+            let http_addr = cfg.http_addr.unwrap_or_else(|| region.http_addr());
+            let l = tokio::net::TcpListener::bind(http_addr)
+                .await
+                .with_context(|| format!("binding HTTP {http_addr}"))?;
+            (l.into_std()?, None)
+        }
+    };
+    let state = build_state_with(cfg, lock_wait).await?;
+    keep.set_nonblocking(true)?;
+    let local = keep.local_addr()?;
+    // Axum gets a duplicate: when it stops accepting and drops its copy, the
+    // socket stays listening through `keep` (connections wait in the backlog).
+    let (pause_tx, pause_rx) = tokio::sync::watch::channel(false);
+    let listener = crate::takeover::PausableListener {
+        inner: tokio::net::TcpListener::from_std(keep.try_clone()?)?,
+        paused: pause_rx,
+    };
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut takeovers = if state.cfg.takeover.enabled {
+        Some(crate::takeover::listen(&state, local, busy.clone())?)
+    } else {
+        None
+    };
 
     let retention_state = state.clone();
     tokio::spawn(async move {
@@ -311,53 +403,108 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
 
     let app = api::router(state.clone());
+    if took_over.is_some() {
+        let within = Duration::from_millis(state.cfg.takeover.mesh_join_wait_ms);
+        let (waited, missing) = crate::takeover::wait_for_peers(&state, within).await;
+        if missing.is_empty() {
+            tracing::info!(
+                waited_ms = waited.as_millis() as u64,
+                "takeover: shard peers alive in the mesh, every shard has a leader"
+            );
+        } else {
+            tracing::warn!(
+                ?missing,
+                "takeover: shard peers or leaders not known yet; serving anyway"
+            );
+        }
+    }
     state.ready.store(true, Ordering::Release);
-    tracing::info!(region = %state.region.name, http = %local, data_dir = %state.cfg.data_dir.display(), "meridian node listening on http://{local}");
+    if let Some((old_pid, old_release, started)) = &took_over {
+        tracing::info!(
+            old_pid,
+            old_release = %old_release,
+            release = %state.release(),
+            takeover_ms = started.elapsed().as_millis() as u64,
+            "takeover complete: serving on the inherited listener"
+        );
+    }
+    tracing::info!(region = %state.region.name, http = %local, release = %state.release(), data_dir = %state.cfg.data_dir.display(), "meridian node listening on http://{local}");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Set by SIGTERM/SIGINT only (an admin drain turns readiness off too,
-    // but keeps serving until the process is stopped).
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping_tx = stopping.clone();
-    let drain_state = state.clone();
     let drain_timeout = Duration::from_millis(state.cfg.limits.shutdown_drain_timeout_ms);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stopping_tx.store(true, Ordering::Release);
-        drain_state.ready.store(false, Ordering::Release);
-        // Pre-stop: still serving, but not ready, so traffic moves away first.
-        let prestop = Duration::from_millis(drain_state.cfg.limits.shutdown_prestop_ms);
-        if !prestop.is_zero() {
-            tracing::info!(
-                prestop_ms = prestop.as_millis() as u64,
-                "not ready; serving until the listener closes"
-            );
-            tokio::time::sleep(prestop).await;
+    // Decides how serving ends: a signal (pre-stop, then close) or a takeover
+    // (hand-off while serving). A takeover that fails leaves this node serving.
+    let controller = {
+        let state = state.clone();
+        let busy = busy.clone();
+        async move {
+            let mut signal = std::pin::pin!(shutdown_signal());
+            let stop = loop {
+                let next = async {
+                    match takeovers.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut signal => break Stop::Signal,
+                    Some(p) = next => {
+                        busy.store(true, Ordering::Release);
+                        match crate::takeover::hand_off(&state, p, &keep, &pause_tx).await {
+                            Ok(()) => break Stop::Takeover,
+                            Err(_) => busy.store(false, Ordering::Release),
+                        }
+                    }
+                }
+            };
+            busy.store(true, Ordering::Release);
+            // From here the socket closes with the server's accept loop
+            // (on a signal, new connections are refused; on a takeover the
+            // new process holds its own copy).
+            drop(keep);
+            if let Stop::Signal = stop {
+                state.ready.store(false, Ordering::Release);
+                // Pre-stop: still serving, but not ready, so traffic moves away first.
+                let prestop = Duration::from_millis(state.cfg.limits.shutdown_prestop_ms);
+                if !prestop.is_zero() {
+                    tracing::info!(
+                        prestop_ms = prestop.as_millis() as u64,
+                        "not ready; serving until the listener closes"
+                    );
+                    tokio::time::sleep(prestop).await;
+                }
+            }
+            let _ = stop_tx.send(());
+            stop
         }
-        let _ = stop_tx.send(());
-    });
+    };
     let server = axum::serve(
-        listener,
+        axum::serve::ListenerExt::tap_io(listener, |_| {}),
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         let _ = stop_rx.await;
     });
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-    tokio::select! {
-        res = &mut server => res?,
-        _ = async {
-            // Bound the drain: once readiness is off, wait at most the timeout.
-            while !stopping.load(Ordering::Acquire) { tokio::time::sleep(Duration::from_millis(50)).await; }
-            tokio::time::sleep(drain_timeout + Duration::from_millis(state.cfg.limits.shutdown_prestop_ms)).await;
-        } => tracing::warn!("drain timeout: closing with requests in flight"),
-    }
-    // Economy: move this node's Raft voter seats to other regions first
-    // (only when other nodes share its shards).
-    let handoff = Duration::from_secs(state.cfg.economy.handoff_timeout_s);
-    crate::replica::hand_off_voters(&state, handoff).await;
-    // Game servers: no new allocations; running matches finish or hit the deadline.
+    let mut controller = std::pin::pin!(controller);
+    let stop = tokio::select! {
+        stop = &mut controller => stop,
+        res = &mut server => { res?; Stop::Signal }
+    };
+    // Finish in-flight requests (the server stopped accepting), bounded.
+    if tokio::time::timeout(drain_timeout, &mut server)
+        .await
+        .is_err()
     {
+        tracing::warn!("drain timeout: closing with requests in flight");
+    }
+    let _ = std::fs::remove_file(crate::takeover::socket_path(&state.cfg.data_dir));
+    if let Stop::Signal = stop {
+        // Economy: move this node's Raft voter seats to other regions first
+        // (only when other nodes share its shards).
+        let handoff = Duration::from_secs(state.cfg.economy.handoff_timeout_s);
+        crate::replica::hand_off_voters(&state, handoff).await;
+        // Game servers: no new allocations; running matches finish or hit the deadline.
         use meridian_dgs::orchestrator::Orchestrator;
         let deadline = Duration::from_secs(state.cfg.dgs.drain_deadline_s);
         state.games.orchestrator().drain(deadline);
@@ -375,7 +522,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let mesh = state.mesh.write().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(mesh) = mesh {
-        mesh.shutdown().await;
+        match stop {
+            Stop::Signal => mesh.shutdown().await,
+            // The new process is waiting for this one to exit.
+            Stop::Takeover => mesh.shutdown_within(TAKEOVER_QUIC_IDLE_WAIT).await,
+        }
         tracing::info!("left the mesh");
     }
     state.economy.shutdown().await;

@@ -60,7 +60,10 @@ impl From<EconomyError> for ApiError {
                 format!("idempotency_key: {msg}"),
             ),
             EconomyError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, code, msg),
-            EconomyError::Unavailable { .. } => ApiError::unavailable(code, msg, RETRY_AFTER_S),
+            EconomyError::Unavailable { .. } => {
+                tracing::warn!(error = %msg, "economy unavailable: 503");
+                ApiError::unavailable(code, msg, RETRY_AFTER_S)
+            }
             EconomyError::Storage(e) => ApiError::internal(e),
         }
     }

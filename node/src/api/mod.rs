@@ -49,6 +49,9 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Draining: no new matches; the economy's voters move to other nodes.
     pub draining: AtomicBool,
+    /// During a takeover's close window: every response says
+    /// `Connection: close`, so clients stop reusing keep-alive connections.
+    pub closing_connections: AtomicBool,
     /// Cross-region replication (Raft over the mesh, CRDT sync).
     pub replica: crate::replica::Replica,
     /// The region mesh; `None` when disabled or after shutdown left it.
@@ -69,6 +72,11 @@ pub type Shared = Arc<AppState>;
 impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// The release label this process runs (`/healthz`).
+    pub fn release(&self) -> &str {
+        self.cfg.release()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -120,7 +128,26 @@ pub fn router(state: Shared) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            connection_close,
+        ))
         .with_state(state)
+}
+
+/// During a takeover's close window, ask every client to close its
+/// connection after this response (hyper then closes it too).
+async fn connection_close(
+    axum::extract::State(state): axum::extract::State<Shared>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if state.closing_connections.load(Ordering::Acquire) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Render every error response as the API's JSON error, with the request id.

@@ -88,23 +88,30 @@ pub fn progress(state: &Shared, player_id: &str) -> Result<Progress, ApiError> {
 pub struct Health {
     pub status: &'static str,
     pub region: String,
+    /// The release label (config `release`, Terraform's `release_version`).
+    pub release: String,
+    /// The binary's version.
+    pub version: &'static str,
+}
+
+fn health(state: &Shared, status: &'static str) -> Health {
+    Health {
+        status,
+        region: state.region.name.clone(),
+        release: state.release().to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+    }
 }
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
 pub async fn healthz(State(state): State<Shared>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        region: state.region.name.clone(),
-    })
+    Json(health(&state, "ok"))
 }
 
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Health), (status = 503)))]
 pub async fn readyz(State(state): State<Shared>) -> Result<Json<Health>, ApiError> {
     if state.is_ready() {
-        Ok(Json(Health {
-            status: "ready",
-            region: state.region.name.clone(),
-        }))
+        Ok(Json(health(&state, "ready")))
     } else {
         Err(ApiError::unavailable(
             "not_ready",

@@ -84,6 +84,12 @@ pub struct EconomyConfig {
     /// which the deterministic simulations use (openraft otherwise draws
     /// it from the thread RNG). `None` in production.
     pub election_timeout_ms: Option<(u64, u64)>,
+    /// Whether `open` waits (up to `leader_wait_ms`) for a leader of the
+    /// shards that have other voters too. A caller whose transport starts
+    /// only after `open` (the node: Raft RPCs travel over the mesh) sets
+    /// false: no leader can be heard of before, so the wait only delays the
+    /// start. Single-voter shards are always waited for (local election).
+    pub open_waits_for_peers: bool,
 }
 
 impl Default for EconomyConfig {
@@ -105,6 +111,7 @@ impl Default for EconomyConfig {
             heartbeat_interval_ms: 100,
             writes_in_flight_per_shard_max: 1_024,
             election_timeout_ms: None,
+            open_waits_for_peers: true,
         }
     }
 }
@@ -170,7 +177,8 @@ struct Shard {
     raft: Raft<EconTypeConfig>,
     state: SharedState,
     in_flight: tokio::sync::Semaphore,
-    /// Set while this leader hands the shard over: writes get a fast 503.
+    /// Set while this leader hands the shard over: requests wait (bounded by
+    /// `leader_wait_ms`), then go to the new leader.
     handing_off: std::sync::atomic::AtomicBool,
     /// Writes committed while this node led, by the node they came in at.
     origins: std::sync::Mutex<BTreeMap<NodeId, u64>>,
@@ -190,6 +198,9 @@ struct Inner {
     catalog: Catalog,
     cfg: EconomyConfig,
     recovery: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set by [`Economy::refuse_leadership`]: hand-overs to this node are
+    /// refused (it is about to be replaced).
+    refuse_leadership: std::sync::atomic::AtomicBool,
 }
 
 /// The economy of one node: per-shard Raft groups behind one async API.
@@ -242,6 +253,10 @@ fn map_read_err(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> 
         RaftError::Fatal(f) => map_fatal(f),
     }
 }
+
+/// The reason of the `Unavailable` a node answers to a forwarded request
+/// when it is not the shard's leader (any more): nothing was proposed.
+const LEADERSHIP_MOVED: &str = "leadership moved to node";
 
 /// Who leads a shard, as far as this node knows.
 enum Leadership {
@@ -360,6 +375,7 @@ impl Economy {
             catalog: cfg.catalog.clone(),
             cfg,
             recovery: std::sync::Mutex::new(None),
+            refuse_leadership: Default::default(),
         });
         // The registry holds the handler strongly; the handler holds `Inner`
         // weakly, so no cycle keeps the economy alive.
@@ -410,6 +426,17 @@ impl Economy {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.inner.cfg.leader_wait_ms);
         for sh in &self.inner.shards {
+            if !self.inner.cfg.open_waits_for_peers {
+                let m = sh.raft.metrics().borrow().clone();
+                let me = self.inner.cfg.node_id;
+                if m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v != me)
+                {
+                    continue;
+                }
+            }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let res = sh
                 .raft
@@ -476,11 +503,18 @@ impl Economy {
         let me = self.inner.cfg.node_id;
         let max_age = self.inner.cfg.quorum_ack_max_age_ms;
         let bound = Duration::from_millis(self.inner.cfg.leader_wait_ms);
-        if sh.handing_off.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(EconomyError::unavailable(format!(
-                "shard {}: leadership is moving; retry",
-                sh.id
-            )));
+        // A leadership hand-over (`hand_over`) takes well under the lease:
+        // wait for it (bounded) rather than fail, then find the new leader.
+        // Nothing is proposed here meanwhile.
+        let started = tokio::time::Instant::now();
+        while sh.handing_off.load(std::sync::atomic::Ordering::Acquire) {
+            if started.elapsed() >= bound {
+                return Err(EconomyError::unavailable(format!(
+                    "shard {}: leadership is moving; retry",
+                    sh.id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let quorum_ok = move |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
             m.membership_config.membership().voter_ids().count() <= 1
@@ -553,21 +587,39 @@ impl Economy {
             ts_ms: now_ms(),
             cmd,
         };
-        match self.lead(sh).await? {
-            Leadership::Local => self.commit_local(sh, req, self.inner.cfg.node_id).await,
-            Leadership::Remote(leader) => {
-                let fwd = Forwarded {
-                    origin: self.inner.cfg.node_id,
-                    req,
-                };
-                let payload = postcard::to_allocvec(&fwd)
-                    .map_err(|e| EconomyError::Storage(format!("encode forward: {e}")))?;
-                let bytes = self
-                    .forward(sh, leader, RaftRpcKind::ClientWrite, payload)
-                    .await?;
+        // A leader that refused a forwarded write because the leadership
+        // just moved (a hand-over) never proposed it: ask again where the
+        // leadership went, bounded by `leader_wait_ms`.
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.inner.cfg.leader_wait_ms);
+        loop {
+            let leader = match self.lead(sh).await? {
+                Leadership::Local => {
+                    return self.commit_local(sh, req, self.inner.cfg.node_id).await
+                }
+                Leadership::Remote(leader) => leader,
+            };
+            let fwd = Forwarded {
+                origin: self.inner.cfg.node_id,
+                req: req.clone(),
+            };
+            let payload = postcard::to_allocvec(&fwd)
+                .map_err(|e| EconomyError::Storage(format!("encode forward: {e}")))?;
+            let bytes = self
+                .forward(sh, leader, RaftRpcKind::ClientWrite, payload)
+                .await?;
+            let res =
                 postcard::from_bytes::<Result<Receipt, EconomyError>>(&bytes).map_err(|e| {
                     EconomyError::unavailable(format!("shard {}: bad forward reply: {e}", sh.id))
-                })?
+                })?;
+            match res {
+                Err(EconomyError::Unavailable { reason })
+                    if reason.contains(LEADERSHIP_MOVED)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
             }
         }
     }
@@ -1118,7 +1170,7 @@ impl Economy {
                 let res = match self.lead(sh).await {
                     Ok(Leadership::Local) => self.commit_local(sh, fwd.req, fwd.origin).await,
                     Ok(Leadership::Remote(l)) => Err(EconomyError::unavailable(format!(
-                        "shard {}: leadership moved to node {l}",
+                        "shard {}: {LEADERSHIP_MOVED} {l}",
                         sh.id
                     ))),
                     Err(e) => Err(e),
@@ -1136,7 +1188,7 @@ impl Economy {
                         }
                     }
                     Ok(Leadership::Remote(l)) => Err(EconomyError::unavailable(format!(
-                        "shard {}: leadership moved to node {l}",
+                        "shard {}: {LEADERSHIP_MOVED} {l}",
                         sh.id
                     ))),
                     Err(e) => Err(e),
@@ -1144,6 +1196,13 @@ impl Economy {
                 enc(&res)
             }
             RaftRpcKind::Campaign => {
+                if self
+                    .inner
+                    .refuse_leadership
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    return Err("this node is being replaced: it takes no leadership".into());
+                }
                 let delay: u64 = postcard::from_bytes(&rpc.payload).map_err(|e| e.to_string())?;
                 let raft = sh.raft.clone();
                 tokio::spawn(async move {
@@ -1168,9 +1227,19 @@ impl Economy {
         }
     }
 
+    /// While set, a hand-over to this node (`hand_over` from another
+    /// leader, e.g. leadership following the writes) is refused: an
+    /// in-place replacement moves its leadership away and must not get it
+    /// back before it exits. Raft elections are unaffected.
+    pub fn refuse_leadership(&self, refuse: bool) {
+        self.inner
+            .refuse_leadership
+            .store(refuse, std::sync::atomic::Ordering::Release);
+    }
+
     /// Hand the leadership of `shard` (led here) to voter `to`, which must
-    /// have replicated the whole log: this leader stops writes (fast 503s)
-    /// and heartbeats, the other voters hold their elections, and `to`
+    /// have replicated the whole log: this leader holds new requests
+    /// and stops its heartbeats, the other voters hold their elections, and `to`
     /// campaigns once this leader's lease ran out, so it wins the next term.
     /// Raft's safety never depends on this; if `to` does not win within
     /// `within`, everything is switched back and a normal election follows.

@@ -32,6 +32,7 @@ locals {
     MERIDIAN_MESH__SEEDS          = jsonencode(var.seeds)
     MERIDIAN_ADMIN_TOKEN          = var.admin_token
     MERIDIAN_LOG_FORMAT           = "json"
+    MERIDIAN_RELEASE              = var.release_version
     # The regions of the first apply found the economy together; a region
     # added later sees the cluster and is given voter seats by the leaders.
     MERIDIAN_ECONOMY__BOOTSTRAP_EXPECT = tostring(length(var.seeds) + 1)
@@ -41,6 +42,9 @@ locals {
 # The local runner: one detached `meridian up` per region. Creating it issues the node
 # certificate, starts the process and waits for /readyz (failing with the log tail);
 # destroying it sends SIGTERM (drain, graceful SWIM leave) and waits for the exit.
+# A replacement is blue/green (create_before_destroy): the new instance starts with
+# `meridian up --takeover` while the old one runs and takes its listener over in place; the
+# old instance's destroy then finds its own process gone (pid files per instance).
 resource "terraform_data" "node" {
   count = var.run_local ? 1 : 0
 
@@ -65,6 +69,7 @@ resource "terraform_data" "node" {
   }
 
   lifecycle {
+    create_before_destroy = true
     precondition {
       condition     = fileexists("${abspath(var.ca_dir)}/ca.pem") && fileexists("${abspath(var.ca_dir)}/ca.key")
       error_message = "ca_dir: no cluster CA in ${abspath(var.ca_dir)} (ca.pem, ca.key); create it with: meridian certs init --dir ${abspath(var.ca_dir)}"
@@ -91,6 +96,7 @@ resource "terraform_data" "node" {
       NODE_PEER_COUNT = tostring(length(var.seeds))
       NODE_RELEASE    = var.release_version
       NODE_ENV_KEYS   = join(" ", sort(keys(local.node_env)))
+      NODE_INSTANCE   = self.id
     })
   }
 
@@ -101,6 +107,7 @@ resource "terraform_data" "node" {
       NODE_NAME     = self.input.name
       NODE_DATA_DIR = self.input.data_dir
       NODE_STOP_S   = self.input.stop_timeout
+      NODE_INSTANCE = self.id
     }
   }
 }
