@@ -638,7 +638,13 @@ pub async fn run(cfg: BotConfig) -> Result<Report, BotError> {
         .pool_max_idle_per_host(cfg.concurrency.max(64))
         .build()
         .map_err(|e| BotError::Config(e.to_string()))?;
-    let run_id = format!("{:x}", chrono::Utc::now().timestamp_millis() % 0xffff_ffff);
+    // Unique per process: several bots processes started in the same
+    // millisecond must not share device ids or idempotency keys.
+    let run_id = format!(
+        "{:x}{:x}",
+        chrono::Utc::now().timestamp_millis() % 0xffff_ffff,
+        std::process::id()
+    );
     let mut ctx = Ctx {
         run_end: std::sync::OnceLock::new(),
         cfg: cfg.clone(),

@@ -41,6 +41,7 @@ impl From<AuthError> for ApiError {
             }
             AuthError::NotYours => ApiError::forbidden(e.to_string()),
             AuthError::Unavailable(m) => ApiError::unavailable("unavailable", m, 2),
+            AuthError::Replicating(m) => ApiError::unavailable("unavailable", m, 1),
             AuthError::Store(e) => ApiError::internal(e),
             AuthError::Internal(e) => ApiError::internal(e),
         }

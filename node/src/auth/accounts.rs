@@ -24,6 +24,7 @@ use meridian_replication::{Batch, Storage, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// argon2id parameters (OWASP's first recommendation): 19 MiB, 2 passes, 1 lane.
@@ -103,11 +104,18 @@ pub enum AuthError {
     /// The name directory has no quorum (503, retryable).
     #[error("name directory unavailable: {0}")]
     Unavailable(String),
+    /// A record this request needs is still arriving by replication from
+    /// another region (503, retryable).
+    #[error("{0}")]
+    Replicating(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
 }
+
+/// How long a login waits for an account record that is still replicating.
+pub const REPLICATING_WAIT: Duration = Duration::from_secs(2);
 
 fn internal(e: impl std::fmt::Display) -> AuthError {
     AuthError::Internal(e.to_string())
@@ -300,6 +308,29 @@ impl Accounts {
         }
     }
 
+    /// [`Self::lookup`] of an index key whose account may still be arriving:
+    /// the same device's first login in two regions at once creates two
+    /// accounts, the `dev/` key merges to one of them, and that key can be
+    /// seen here before the winner's `acct/` record is. Waits up to
+    /// [`REPLICATING_WAIT`] for the record, then a retryable 503.
+    async fn lookup_replicating(&self, index_key: &[u8]) -> Result<Option<Account>, AuthError> {
+        let deadline = tokio::time::Instant::now() + REPLICATING_WAIT;
+        loop {
+            if self.storage.get(index_key)?.is_none() {
+                return Ok(None);
+            }
+            if let Some(a) = self.lookup(index_key)? {
+                return Ok(Some(a));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AuthError::Replicating(
+                    "this device's account is still replicating from another region; retry".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn register(
         &self,
         username: &str,
@@ -477,7 +508,7 @@ impl Accounts {
     pub async fn device(&self, device_id: &str) -> Result<(Account, TokenPair, bool), AuthError> {
         names::check_device_id(device_id).map_err(|m| invalid("device_id", m))?;
         let dev_key = sha_key("dev/", device_id);
-        if let Some(a) = self.lookup(&dev_key)? {
+        if let Some(a) = self.lookup_replicating(&dev_key).await? {
             let (a, t) = self.login_account(a).await?;
             return Ok((a, t, false));
         }
@@ -504,13 +535,19 @@ impl Accounts {
         match self.create_account_and_login(b, &account).await {
             Ok(t) => Ok((account, t, true)),
             // Two first logins of one device raced: the other one won.
-            Err(AuthError::Store(StoreError::Conflict(_))) => match self.lookup(&dev_key)? {
-                Some(a) => {
-                    let (a, t) = self.login_account(a).await?;
-                    Ok((a, t, false))
+            Err(AuthError::Store(StoreError::Conflict(_))) => {
+                match self.lookup_replicating(&dev_key).await? {
+                    Some(a) => {
+                        let (a, t) = self.login_account(a).await?;
+                        Ok((a, t, false))
+                    }
+                    // The device key vanished between the conflict and now
+                    // (an erasure): a plain retry creates a new account.
+                    None => Err(AuthError::Replicating(
+                        "the device's account changed meanwhile; retry".into(),
+                    )),
                 }
-                None => Err(internal("device account vanished")),
-            },
+            }
             Err(e) => Err(e),
         }
     }
@@ -590,5 +627,73 @@ impl Accounts {
     /// Whether the login (refresh family) behind an access token is revoked.
     pub fn login_revoked(&self, family: &str) -> bool {
         matches!(self.family(family), Ok(Some(f)) if f.revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn accounts(dir: &std::path::Path) -> (Accounts, Storage) {
+        let storage = Storage::open_sled(dir).unwrap();
+        let keys = Arc::new(Keyring::open(&storage, "eu-west").await.unwrap());
+        let a = Accounts::new(storage.clone(), keys, "eu-west", 900, 3600, 2).unwrap();
+        (a, storage)
+    }
+
+    /// The same device's first login in another region won the `dev/` key,
+    /// which replicated here before that region's `acct/` record.
+    #[tokio::test]
+    async fn device_key_ahead_of_its_account_waits_for_it_then_logs_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, storage) = accounts(dir.path()).await;
+        let remote = Account {
+            player_id: "01900000-0000-7000-8000-000000000001".into(),
+            username: "guest-remote".into(),
+            username_key: "guest-remote".into(),
+            email: None,
+            password_hash: None,
+            auth_provider_id: "device".into(),
+            devices: vec![],
+            home_region: "ap-south".into(),
+            created_at: now_rfc3339(),
+            last_login: now_rfc3339(),
+        };
+        let mut b = Batch::new();
+        b.put(sha_key("dev/", "phone-0001"), remote.player_id.clone());
+        storage.commit(&b).await.unwrap();
+        let late = storage.clone();
+        let record = serde_json::to_vec(&remote).unwrap();
+        let id = remote.player_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut b = Batch::new();
+            b.put(format!("acct/{id}"), record);
+            late.commit(&b).await.unwrap();
+        });
+        let (acct, _, created) = a.device("phone-0001").await.unwrap();
+        assert_eq!(acct.player_id, remote.player_id);
+        assert!(!created);
+    }
+
+    #[tokio::test]
+    async fn device_key_whose_account_never_arrives_is_a_retryable_503_not_a_500() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, storage) = accounts(dir.path()).await;
+        let mut b = Batch::new();
+        b.put(
+            sha_key("dev/", "phone-0002"),
+            "01900000-0000-7000-8000-00000000dead",
+        );
+        storage.commit(&b).await.unwrap();
+        let started = tokio::time::Instant::now();
+        match a.device("phone-0002").await {
+            Err(AuthError::Replicating(m)) => assert!(m.contains("retry"), "{m}"),
+            other => panic!(
+                "expected Replicating, got {:?}",
+                other.map(|r| r.0.player_id)
+            ),
+        }
+        assert!(started.elapsed() >= REPLICATING_WAIT);
     }
 }
