@@ -257,6 +257,34 @@ fn meridian() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meridian"))
 }
 
+/// Starts `meridian bots --quiet --scenario SCENARIO ARGS.. --target TARGET --json JSON`.
+fn spawn_bots(scenario: &str, args: &[&str], target: &str, json: &Path) -> std::process::Child {
+    meridian()
+        .args(["bots", "--quiet", "--scenario", scenario])
+        .args(args)
+        .args(["--target", target, "--json"])
+        .arg(json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a bots run, asserts it exited 0 (`what` and `context()` in the
+/// message) and returns its JSON report.
+fn bots_report(
+    mut child: std::process::Child,
+    json: &Path,
+    what: &str,
+    context: impl Fn() -> String,
+) -> Value {
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{what}: {status}: {stderr}{}", context());
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
 fn regions_check(dir: &Path) -> (bool, String) {
     let out = meridian()
         .args(["regions", "check"])
@@ -426,27 +454,8 @@ fn terraform_regions_as_code() {
         .enumerate()
         .map(|(i, u)| {
             let json = tmp.path().join(format!("bots-{i}.json"));
-            let child = meridian()
-                .args([
-                    "bots",
-                    "--quiet",
-                    "--scenario",
-                    "profile-read",
-                    "--players",
-                    "10",
-                    "--rate",
-                    "40",
-                    "--duration",
-                    "20s",
-                    "--target",
-                    u,
-                    "--json",
-                ])
-                .arg(&json)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let args = ["--players", "10", "--rate", "40", "--duration", "20s"];
+            let child = spawn_bots("profile-read", &args, u, &json);
             (json, child)
         })
         .collect();
@@ -570,16 +579,10 @@ fn terraform_regions_as_code() {
     );
 
     let (mut ok_total, mut err_total) = (0, 0);
-    for (json, mut child) in bots {
-        let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert!(
-            status.success(),
-            "bots: {status}: {stderr}\nnode errors:\n{}",
-            error_lines(&data_root)
-        );
-        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for (json, child) in bots {
+        let report = bots_report(child, &json, "bots", || {
+            format!("\nnode errors:\n{}", error_lines(&data_root))
+        });
         assert_eq!(
             report["total_errors"], 0,
             "bots saw failed requests: {report}"
@@ -758,36 +761,18 @@ fn terraform_regions_as_code() {
     ));
     eprintln!("roll: economy settled {settled:?} before");
     let roll_json = tmp.path().join("bots-roll.json");
-    let mut roll_bots = meridian()
-        .args([
-            "bots",
-            "--quiet",
-            "--scenario",
-            "profile-read",
-            "--players",
-            "10",
-            "--concurrency",
-            "8",
-            "--duration",
-            "7s",
-            "--target",
-            &roll_url,
-            "--json",
-        ])
-        .arg(&roll_json)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let roll_bots = spawn_bots(
+        "profile-read",
+        &["--players", "10", "--concurrency", "8", "--duration", "7s"],
+        &roll_url,
+        &roll_json,
+    );
     // Economy writes too (purchases and consumes): the rolled node hands its shards'
     // leadership to other voters first; requests there must wait, not fail.
     let econ_json = tmp.path().join("bots-roll-economy.json");
-    let mut econ_bots = meridian()
-        .args([
-            "bots",
-            "--quiet",
-            "--scenario",
-            "economy",
+    let econ_bots = spawn_bots(
+        "economy",
+        &[
             "--players",
             "10",
             "--concurrency",
@@ -796,15 +781,10 @@ fn terraform_regions_as_code() {
             "7s",
             "--server-token",
             ADMIN_TOKEN,
-            "--target",
-            &roll_url,
-            "--json",
-        ])
-        .arg(&econ_json)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        &roll_url,
+        &econ_json,
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let mut a = args(&["apply", "-auto-approve"]);
     a.push("-var=release_version=0.2.0".into());
@@ -856,21 +836,12 @@ fn terraform_regions_as_code() {
         .block_on(get(&format!("{roll_url}/healthz"), false))
         .unwrap();
     assert_eq!(h["release"], "0.2.0", "{h}");
-    let status = roll_bots.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(roll_bots.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "bots: {status}: {stderr}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&roll_json).unwrap()).unwrap();
+    let report = bots_report(roll_bots, &roll_json, "bots", String::new);
     assert_eq!(
         report["total_errors"], 0,
         "bots saw failed requests during the roll: {report}"
     );
-    let status = econ_bots.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(econ_bots.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "economy bots: {status}: {stderr}");
-    let econ: Value = serde_json::from_str(&std::fs::read_to_string(&econ_json).unwrap()).unwrap();
+    let econ = bots_report(econ_bots, &econ_json, "economy bots", String::new);
     if econ["total_errors"] != 0 {
         let log = std::fs::read_to_string(data_root.join(roll).join("node.log")).unwrap();
         let lines: Vec<&str> = log
