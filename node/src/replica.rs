@@ -197,17 +197,8 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
             let w = w.clone();
             async move {
                 let state = w.upgrade().ok_or("node stopping")?;
-                let rpc: RaftRpc = postcard::from_bytes(&body).map_err(|e| {
-                    state
-                        .replica
-                        .stats
-                        .replies_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                    format!(
-                        "{}malformed raft rpc: {e}",
-                        meridian_mesh::PROTOCOL_VIOLATION
-                    )
-                })?;
+                let rpc: RaftRpc = postcard::from_bytes(&body)
+                    .map_err(|e| refuse(&state, format!("malformed raft rpc: {e}")))?;
                 state
                     .economy
                     .handle_raft_rpc(rpc)
@@ -223,14 +214,8 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
             let w = w.clone();
             async move {
                 let state = w.upgrade().ok_or("node stopping")?;
-                let req: PullRequest = postcard::from_bytes(&body).map_err(|e| {
-                    state
-                        .replica
-                        .stats
-                        .replies_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                    format!("{}malformed pull: {e}", meridian_mesh::PROTOCOL_VIOLATION)
-                })?;
+                let req: PullRequest = postcard::from_bytes(&body)
+                    .map_err(|e| refuse(&state, format!("malformed pull: {e}")))?;
                 let reply = serve_pull(&state, &req)?;
                 let out = postcard::to_allocvec(&reply).map_err(|e| e.to_string())?;
                 state
@@ -269,15 +254,7 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
             async move {
                 let state = w.upgrade().ok_or("node stopping")?;
                 if body.len() > POKE_BODY_MAX_BYTES {
-                    state
-                        .replica
-                        .stats
-                        .replies_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(format!(
-                        "{}poke too large",
-                        meridian_mesh::PROTOCOL_VIOLATION
-                    ));
+                    return Err(refuse(&state, "poke too large".into()));
                 }
                 let peer = String::from_utf8_lossy(&body).into_owned();
                 let tx = state
@@ -294,6 +271,17 @@ pub fn register(state: &Shared, mesh: &meridian_mesh::MeshHandle) {
             }
         }),
     );
+}
+
+/// A request from a peer that breaks the protocol: counted, and answered with
+/// the mesh's protocol-violation marker (the mesh then closes the connection).
+fn refuse(state: &Shared, what: String) -> String {
+    state
+        .replica
+        .stats
+        .replies_refused
+        .fetch_add(1, Ordering::Relaxed);
+    format!("{}{what}", meridian_mesh::PROTOCOL_VIOLATION)
 }
 
 fn serve_pull(state: &Shared, req: &PullRequest) -> Result<PullReply, String> {

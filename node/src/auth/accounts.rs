@@ -316,10 +316,10 @@ impl Accounts {
     async fn lookup_replicating(&self, index_key: &[u8]) -> Result<Option<Account>, AuthError> {
         let deadline = tokio::time::Instant::now() + REPLICATING_WAIT;
         loop {
-            if self.storage.get(index_key)?.is_none() {
+            let Some(id) = self.storage.get(index_key)? else {
                 return Ok(None);
-            }
-            if let Some(a) = self.lookup(index_key)? {
+            };
+            if let Some(a) = self.get(&String::from_utf8_lossy(&id))? {
                 return Ok(Some(a));
             }
             if tokio::time::Instant::now() >= deadline {
