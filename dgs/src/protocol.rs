@@ -72,6 +72,31 @@ pub enum ServerMsg {
     },
 }
 
+impl ServerMsg {
+    /// `MatchEnded` for a finished game: each player's result under their
+    /// roster slot (players without a slot are left out).
+    pub fn match_ended(
+        result: &crate::game::GameResult,
+        slot_of: &std::collections::HashMap<crate::PlayerId, u8>,
+    ) -> Self {
+        ServerMsg::MatchEnded {
+            winner_team: result.winner_team,
+            players: result
+                .players
+                .iter()
+                .filter_map(|p| {
+                    Some(SlotResult {
+                        slot: *slot_of.get(&p.player_id)?,
+                        score: p.score,
+                        kills: p.kills,
+                        deaths: p.deaths,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Why a datagram could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

@@ -24,7 +24,7 @@ use tokio::net::UdpSocket;
 
 use crate::arena::{ArenaConfig, ArenaGame};
 use crate::game::{GameMode, MatchSpec};
-use crate::protocol::{ClientMsg, ServerMsg, SlotResult, PACKET_BYTES_MAX};
+use crate::protocol::{ClientMsg, ServerMsg, PACKET_BYTES_MAX};
 use crate::token::SessionToken;
 use crate::{PlayerId, SessionId};
 
@@ -304,21 +304,7 @@ pub async fn run(env: RefServerEnv, opts: RefServerOptions) -> Result<(), String
             }
         }
     };
-    let ended = ServerMsg::MatchEnded {
-        winner_team: result.winner_team,
-        players: result
-            .players
-            .iter()
-            .filter_map(|p| {
-                Some(SlotResult {
-                    slot: *slot_of.get(&p.player_id)?,
-                    score: p.score,
-                    kills: p.kills,
-                    deaths: p.deaths,
-                })
-            })
-            .collect(),
-    };
+    let ended = ServerMsg::match_ended(&result, &slot_of);
     for _ in 0..3 {
         if let Some(n) = send(&ended, &mut out) {
             for a in peers.keys() {

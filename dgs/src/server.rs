@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::game::{GameMode, GameResult, MatchSpec};
-use crate::protocol::{AbortReason, ClientMsg, ServerMsg, SlotResult, PACKET_BYTES_MAX};
+use crate::protocol::{AbortReason, ClientMsg, ServerMsg, PACKET_BYTES_MAX};
 use crate::token::{unix_ms_now, Admission, TokenError, TokenLedger, TokenSigner};
 use crate::{PlayerId, SessionId};
 
@@ -499,21 +499,7 @@ pub(crate) async fn run_match(
                 let to: Vec<SocketAddr> = addrs.values().copied().collect();
                 shared.send(&ServerMsg::Snapshot(snapshot), &to).await;
                 if let Some(result) = game.is_over() {
-                    let msg = ServerMsg::MatchEnded {
-                        winner_team: result.winner_team,
-                        players: result
-                            .players
-                            .iter()
-                            .filter_map(|p| {
-                                Some(SlotResult {
-                                    slot: *slot_of.get(&p.player_id)?,
-                                    score: p.score,
-                                    kills: p.kills,
-                                    deaths: p.deaths,
-                                })
-                            })
-                            .collect(),
-                    };
+                    let msg = ServerMsg::match_ended(&result, &slot_of);
                     for i in 0..shared.cfg.match_ended_repeats.max(1) {
                         if i > 0 {
                             interval.tick().await;
