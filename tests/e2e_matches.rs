@@ -381,7 +381,7 @@ async fn websocket_pushes_match_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn process_backend_plays_a_match_and_a_crash_fails_the_session() {
     let dir = tempfile::tempdir().unwrap();
-    let port_start = free_udp_port();
+    let port_start = unique_ports(5);
     let args = r#"["game-server", "--duration-s", "2", "--crash-in-mode", "squad", "--crash-after-ms", "400"]"#;
     let node = Node::start(
         dir.path(),

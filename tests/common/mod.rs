@@ -15,20 +15,47 @@ pub const SERVER_TOKEN: &str = "test-server-token-0123456789";
 /// Harness-only: a config file passed as `--config` (not given to the node as env).
 pub const TEST_CONFIG_ENV: &str = "TEST_MERIDIAN_CONFIG_FILE";
 
+/// Ports for test nodes come from below the kernel's ephemeral range
+/// (32768-60999 here), bindable for TCP and UDP at the time, and never handed
+/// out twice in one test process. A port the kernel picked for us would go
+/// back into the ephemeral pool: a node killed and restarted by one test binds
+/// its ports again, and any socket bound to port 0 meanwhile (another test's
+/// node, a client) could have taken it ("Address already in use").
+fn unique_port() -> u16 {
+    unique_ports(1)
+}
+
+/// `n` consecutive ports (see [`unique_port`]); the first is returned.
+pub fn unique_ports(n: u32) -> u16 {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    // Spread test processes over the span so two binaries rarely start equal.
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let at = NEXT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        assert!(at + n <= SPAN, "test ports exhausted");
+        let first = (start + at) % SPAN;
+        if first + n > SPAN {
+            continue; // the block would wrap around the span
+        }
+        let free = (0..n).all(|i| {
+            let port = (LOW + first + i) as u16;
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            return (LOW + first) as u16;
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unique_port()
 }
 
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unique_port()
 }
 
 pub fn repo_root() -> PathBuf {
@@ -163,7 +190,12 @@ impl Node {
 
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // openraft logs ~7 INFO lines per shard when it stops, which would push
+        // the line that says why the node stopped out of the tail.
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !(l.contains("\"level\":\"INFO\"") && l.contains("\"target\":\"openraft")))
+            .collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
